@@ -1,0 +1,40 @@
+"""The ``selma3d`` command: one sub-command per user task, each in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: sub-command -> (module, one-line help). Each module has configure_parser(p) and run(args).
+COMMANDS = {
+    "evaluate": ("selma3d.evaluate", "score predictions against ground truth (SELMA3D 2024/2026 protocols)"),
+    "download": ("selma3d.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
+    "predict": ("selma3d.predict", "segment a whole volume block-wise with a trained model"),
+    "synthesize": ("selma3d.synth", "write the synthetic light-sheet dataset"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selma3d", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        try:
+            importlib.import_module(module).configure_parser(p)
+        except (ImportError, AttributeError) as exc:  # a command under construction
+            p.set_defaults(_unavailable=str(exc))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(f"selma3d {args.command}: not available: {args._unavailable}", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
