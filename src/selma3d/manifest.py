@@ -103,3 +103,13 @@ def annotated_pairs(df: pd.DataFrame, split: str) -> pd.DataFrame:
         rows.append({"case": case, "structure": img.structure, "category": img.category,
                      "spacing_um": img.spacing_um, "image": img.path, "label": labels.loc[case, "path"]})
     return pd.DataFrame(rows, columns=["case", "structure", "category", "spacing_um", "image", "label"])
+
+
+def volume_row(manifest: str | Path, volume: str) -> pd.Series:
+    """The ``unannotated`` row of a volume (by case name), with a clear error if absent."""
+    df = read_manifest(manifest)
+    rows = df[(df.role == "unannotated") & (df.case == volume)]
+    if rows.empty:
+        known = sorted(df[df.role == "unannotated"].case.unique())
+        raise InputError(manifest, f"an unannotated row for volume {volume!r} (known: {known})", "none")
+    return rows.iloc[0]

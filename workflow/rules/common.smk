@@ -1,0 +1,127 @@
+# Input functions, wildcard constraints and config lookups. No rules, no torch.
+import csv
+from pathlib import Path
+
+RESULTS = config["results_dir"]
+DATASET = config["dataset"]
+SSL_STRATEGIES = config["pretrain"]["strategies"]
+FT_STRATEGIES = config["finetune"]["strategies"]
+
+
+wildcard_constraints:
+    volume=r"[A-Za-z0-9_.\-]+",
+    strategy=r"[a-z0-9_]+",
+    mode=r"full|frozen|adapter",
+    budget=r"\d+|all",
+    seed=r"\d+",
+    protocol=r"selma3d2024|selma3d2026",
+
+
+def _check_strategies():
+    missing = [s for s in FT_STRATEGIES if s != "scratch" and s not in SSL_STRATEGIES]
+    if missing:
+        raise ValueError(
+            f"config: finetune.strategies lists {missing}, which pretrain.strategies "
+            f"{SSL_STRATEGIES} does not pretrain; add them there or remove them"
+        )
+
+
+def manifest_path():
+    """The dataset's local manifest (paths to files on this machine), made by data.smk."""
+    return f"{RESULTS}/data/manifest.csv"
+
+
+def _read_source_manifest():
+    path = DATASET["manifest"]
+    if not path:
+        raise ValueError("config: dataset.source is 'manifest' but dataset.manifest is empty")
+    if not Path(path).exists():
+        raise ValueError(f"config: dataset.manifest {path!r} does not exist")
+    sep = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh, delimiter=sep))
+
+
+def _synthetic_volumes():
+    """Volume names of the synthetic dataset, known from config before it is written."""
+    from selma3d.synth import volume_names
+
+    return volume_names(DATASET["synthetic"])
+
+
+def pretrain_volumes():
+    """Unannotated volumes that feed pretraining (ingest -> downsample -> patchify)."""
+    if DATASET["source"] == "synthetic":
+        return _synthetic_volumes()
+    names = [r["case"] for r in _read_source_manifest() if r["role"] == "unannotated"]
+    return sorted(dict.fromkeys(names))
+
+
+def budget_values():
+    return [str(b) for b in config["finetune"]["budgets"]]
+
+
+def run_ids():
+    """(strategy, mode, budget, seed) for every finetuning run configured."""
+    return [
+        (s, m, b, str(seed))
+        for s in FT_STRATEGIES
+        for m in config["finetune"]["modes"]
+        for b in budget_values()
+        for seed in config["finetune"]["seeds"]
+    ]
+
+
+def run_dir(kind, s, m, b, seed):
+    return f"{RESULTS}/{kind}/{s}/{m}/b{b}_s{seed}"
+
+
+def pretrained_weights(wildcards):
+    """The encoder weights a finetuning run starts from (none for scratch)."""
+    if wildcards.strategy == "scratch":
+        return []
+    return f"{RESULTS}/pretrain/{wildcards.strategy}/encoder.pt"
+
+
+def patch_indexes(wildcards=None):
+    return expand(f"{RESULTS}/patches/{{volume}}.csv", volume=pretrain_volumes())
+
+
+def patch_stores(wildcards=None):
+    return expand(f"{RESULTS}/patches/{{volume}}.zarr", volume=pretrain_volumes())
+
+
+def strategy_block(wildcards):
+    """The config block of a strategy (empty: its class defaults apply)."""
+    return dict(config["pretrain"].get(wildcards.strategy, {}))
+
+
+def loss_for_categories():
+    return dict(config["finetune"]["loss"])
+
+
+def gpu_resources(kind="train"):
+    res = config["resources"]["gpu_rule"]
+    runtime = res["runtime"] if kind == "train" else res["infer_runtime"]
+    return dict(
+        gpu=1,
+        cpus_per_gpu=res["cpus_per_gpu"],
+        mem_mb=lambda wc, attempt: res["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: runtime * attempt,
+    )
+
+
+def eval_tables(protocol):
+    return [
+        f"{run_dir('eval/' + protocol, s, m, b, seed)}.csv" for s, m, b, seed in run_ids()
+    ]
+
+
+def get_final_output():
+    _check_strategies()
+    return [
+        f"{RESULTS}/leaderboard/leaderboard.md",
+        f"{RESULTS}/leaderboard/leaderboard.csv",
+        f"{RESULTS}/figures/qualitative.png",
+        f"{RESULTS}/figures/dice_vs_budget.png",
+    ]

@@ -1,0 +1,24 @@
+# Sliding-window inference over every test patch (GPU).
+
+
+rule infer:
+    input:
+        manifest=manifest_path(),
+        model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
+    output:
+        predictions=directory(
+            f"{RESULTS}/predictions/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}"
+        ),
+    log:
+        f"{RESULTS}/logs/infer/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/infer/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
+    params:
+        settings=config["infer"],
+        normalize=config["finetune"]["normalize"],
+    resources:
+        **gpu_resources("infer"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/infer.py"

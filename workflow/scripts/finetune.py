@@ -1,0 +1,19 @@
+"""Rule finetune: train the segmentation net on a label budget, from scratch or pretrained."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from selma3d.runtime import setup_logging  # noqa: E402
+
+setup_logging()
+
+from selma3d.finetune import finetune  # noqa: E402
+from selma3d.runtime import configure_threads  # noqa: E402
+
+configure_threads()
+w = snakemake.wildcards
+summary = finetune(snakemake.input.manifest, snakemake.input.split, snakemake.params.model,
+                   snakemake.params.settings, snakemake.output.model, snakemake.output.curve, mode=w.mode,
+                   pretrained=snakemake.input.pretrained or None, seed=int(w.seed))
+print(f"finetune summary: {summary}", file=sys.stderr)

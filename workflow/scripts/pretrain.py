@@ -1,0 +1,20 @@
+"""Rule pretrain: self-supervised pretraining of one strategy; exports encoder weights."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from selma3d.runtime import setup_logging  # noqa: E402
+
+setup_logging()
+
+from selma3d.pretrain import pretrain, resolve_strategy_config  # noqa: E402
+from selma3d.runtime import configure_threads  # noqa: E402
+
+p = snakemake.params
+configure_threads()
+config = resolve_strategy_config(snakemake.wildcards.strategy, p.model, p.strategy_config)
+pretrain(snakemake.wildcards.strategy, config, list(snakemake.input.indexes), snakemake.output.weights,
+         snakemake.output.curve, steps=p.steps, batch_size=config.get("batch_size", p.batch_size), seed=p.seed,
+         num_workers=p.num_workers, log_every=p.log_every, checkpoint_dir=p.checkpoint_dir,
+         checkpoint_every=p.checkpoint_every, precision=p.precision, extra_meta=p.dataset_meta)

@@ -1,0 +1,22 @@
+"""Rule split: draw the label budget's training cases, stratified by structure."""
+
+import sys
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+
+from selma3d.runtime import setup_logging  # noqa: E402
+
+setup_logging()
+
+from selma3d.atomic import atomic_path  # noqa: E402
+from selma3d.finetune import draw_budget  # noqa: E402
+from selma3d.manifest import annotated_pairs, read_manifest  # noqa: E402
+
+w = snakemake.wildcards
+pairs = annotated_pairs(read_manifest(snakemake.input.manifest), "train")
+if pairs.empty:
+    raise ValueError(f"{snakemake.input.manifest}: expected annotated image/label rows with split 'train', found none")
+chosen = draw_budget(pairs, w.budget, int(w.seed))
+with atomic_path(snakemake.output.split) as tmp:
+    chosen.to_csv(tmp, index=False)
+print(f"budget {w.budget}, seed {w.seed}: {len(chosen)} of {len(pairs)} cases", file=sys.stderr)
