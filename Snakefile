@@ -1,6 +1,6 @@
 # SELMA3D SSL pipeline: data -> preprocess -> SSL pretraining -> finetuning -> inference ->
 # evaluation -> leaderboard and figures. See README.md; config keys in workflow/schemas/.
-import os
+import sys
 
 from snakemake.utils import min_version, validate
 
@@ -12,10 +12,8 @@ configfile: "config/config.yaml"
 
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
-# The library lives in src/; jobs import it from there whether or not it is pip-installed.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (os.path.join(workflow.basedir, "src"), os.environ.get("PYTHONPATH")) if p
-)
+# Input functions read dataset descriptions with the library in src/ (installed or not).
+sys.path.insert(0, f"{workflow.basedir}/src")
 
 
 include: "workflow/rules/common.smk"

@@ -255,6 +255,29 @@ def test_404_is_a_clear_error_without_retries(server, tmp_path):
     assert len(server.requests_for("/missing.bin")) == 1
 
 
+def test_several_failures_are_reported_together(server, tmp_path):
+    m = _manifest(tmp_path, [{"path": "1.bin", "url": server.base + "/gone1"},
+                             {"path": "2.bin", "url": server.base + "/gone2"}])
+    with pytest.raises(DownloadError) as err:
+        download_manifest(m, tmp_path / "out", workers=2, **FAST)
+    assert len(err.value.errors) == 2
+    assert "/gone1" in str(err.value) and "/gone2" in str(err.value)
+
+
+def test_part_kept_after_giving_up_is_resumed_by_next_run(server, tmp_path):
+    data = _payload(90_000, 13)
+    server.files = {"/k.bin": data}
+    server.faults = {"/k.bin": [("drop", 30_000), ("drop", 0)]}
+    m = _manifest(tmp_path, [{"path": "k.bin", "url": server.base + "/k.bin", "sha256": _sha(data)}])
+    dest = tmp_path / "out"
+    with pytest.raises(DownloadError, match="giving up"):
+        download_manifest(m, dest, retries=0, **FAST)
+    assert (dest / "k.bin.incomplete").stat().st_size == 30_000  # progress reset the retry count once
+    download_manifest(m, dest, **FAST)
+    assert (dest / "k.bin").read_bytes() == data and _leftovers(dest) == []
+    assert [r["range"] for r in server.requests_for("/k.bin")] == [None, "bytes=30000-", "bytes=30000-"]
+
+
 def test_403_is_not_retried_and_cli_reports_it(server, tmp_path, capsys):
     server.files = {"/s.bin": b"x"}
     server.faults = {"/s.bin": [("status", 403)]}

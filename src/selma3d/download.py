@@ -26,7 +26,6 @@ import http.client
 import logging
 import os
 import re
-import shutil
 import ssl
 import sys
 import threading
@@ -264,7 +263,7 @@ def _plan(df: pd.DataFrame, raw_paths: list[str], manifest: Path, dest: Path,
         origin = "manifest"
         if not sha:
             sha, origin = records.lookup(url) or ("", "")
-        size = int(row.size) if str(row.size).strip() else None
+        size = int(row["size"]) if str(row["size"]).strip() else None
         local = _local_source(url, base)
         if target in jobs:
             other = jobs[target]

@@ -111,14 +111,19 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, metric: str = "dice",
     return path
 
 
-def make_figures(cases_csv: str | Path, manifest: str | Path, results_dir: str | Path, outputs) -> None:
-    """The workflow's figures: the qualitative panel (largest budget, first seed) and label efficiency."""
+def make_figures(cases_csv: str | Path, manifest: str | Path, prediction_dirs: list[str | Path], outputs) -> None:
+    """The workflow's figures: the qualitative panel (largest budget, first seed) and label efficiency.
+
+    ``prediction_dirs`` are the infer rule's folders, ``.../<strategy>/<mode>/b<budget>_s<seed>``.
+    """
     cases = pd.read_csv(cases_csv, dtype={"budget": str})
     budgets = budget_order(cases.budget)
     top, seed = budgets[-1], sorted(cases.seed.unique())[0]
+    multi_mode = cases["mode"].nunique() > 1
     runs = {}
-    for (strategy, mode), _ in cases.groupby(["strategy", "mode"], sort=False):
-        name = strategy if cases["mode"].nunique() == 1 else f"{strategy} ({mode})"
-        runs[name] = Path(results_dir) / "predictions" / strategy / mode / f"b{top}_s{seed}"
+    for d in map(Path, prediction_dirs):
+        strategy, mode, run = d.parts[-3:]
+        if run == f"b{top}_s{seed}":
+            runs[f"{strategy} ({mode})" if multi_mode else strategy] = d
     qualitative_panel(manifest, runs, outputs.qualitative)
     label_efficiency(cases, outputs.budget)

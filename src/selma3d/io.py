@@ -57,13 +57,17 @@ def read_volume(path: str | Path, spacing: tuple[float, float, float] | None = N
 
         vol = read_zarr_volume(path)
     elif path.is_dir():
-        vol = Volume(read_tiff_series(path))
+        with TiffSeriesReader(path) as reader:
+            vol = Volume(reader.read_slab(0, reader.shape[0]), spacing=reader.spacing,
+                         meta={"format": "tiff-series", "spacing_source": reader.spacing_source})
     elif lower.endswith(NIFTI_SUFFIXES):
         vol = _read_nifti(path)
     elif lower.endswith(MHA_SUFFIXES):
         vol = _read_sitk(path)
     elif lower.endswith(TIFF_SUFFIXES):
-        vol = Volume(_read_tiff(path))
+        with TiffStackReader(path) as reader:
+            vol = Volume(reader.read_slab(0, reader.shape[0]), spacing=reader.spacing,
+                         meta={"format": "tiff", "spacing_source": reader.spacing_source})
     else:
         raise InputError(path, "a .nii/.nii.gz/.mha/.tif file, a TIFF folder or a .zarr store",
                          f"suffix {''.join(path.suffixes) or '(none)'}")
@@ -152,15 +156,11 @@ def read_tiff_slice(path: Path, shape: tuple[int, int] | None = None, dtype=None
     return arr
 
 
-def read_tiff_series(folder: str | Path) -> np.ndarray:
-    """Read a whole folder of z-slices into memory (small volumes; use streaming for large)."""
-    files = list_tiff_series(folder)
-    first = read_tiff_slice(files[0])
-    out = np.empty((len(files),) + first.shape, first.dtype)
-    out[0] = first
-    for i, f in enumerate(files[1:], start=1):
-        out[i] = read_tiff_slice(f, first.shape, first.dtype)
-    return out
+def read_tiff_series(folder: str | Path, workers: int = 2) -> np.ndarray:
+    """Read a whole folder of z-slices into memory (small volumes; stream large ones with
+    :func:`open_reader`). Every slice is validated as :class:`TiffSeriesReader` does."""
+    with TiffSeriesReader(folder, workers=workers) as reader:
+        return reader.read_slab(0, reader.shape[0])
 
 
 def write_tiff_series(folder: str | Path, data: np.ndarray, prefix: str = "slice",

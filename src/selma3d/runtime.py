@@ -43,10 +43,3 @@ def configure_threads() -> None:
     n = os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit() and int(n) > 0:
         torch.set_num_threads(int(n))
-
-
-def setup_logging(path: str | None = None, level: int = logging.INFO) -> None:
-    """Log to a file (a rule's log) or stderr, with timestamps."""
-    handlers = [logging.FileHandler(path, mode="a")] if path else [logging.StreamHandler()]
-    logging.basicConfig(level=level, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

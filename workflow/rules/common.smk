@@ -113,7 +113,7 @@ def gpu_resources(kind="train"):
 
 def eval_tables(protocol):
     return [
-        f"{run_dir('eval/' + protocol, s, m, b, seed)}.csv" for s, m, b, seed in run_ids()
+        f"{RESULTS}/eval/{protocol}/{s}/{m}/b{b}_s{seed}.csv" for s, m, b, seed in run_ids()
     ]
 
 

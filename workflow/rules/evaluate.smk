@@ -35,7 +35,6 @@ rule leaderboard:
         f"{RESULTS}/benchmarks/leaderboard.tsv"
     params:
         protocols=config["evaluate"]["protocols"],
-        results=RESULTS,
     conda:
         "../../envs/core.yaml"
     script:

@@ -21,8 +21,6 @@ rule figures:
         f"{RESULTS}/logs/figures.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures.tsv"
-    params:
-        results=RESULTS,
     conda:
         "../../envs/core.yaml"
     script:

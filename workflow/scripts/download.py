@@ -1,14 +1,14 @@
 """Rule download: fetch or link a manifest's files, verify SHA-256, write the local manifest."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
 
-from selma3d.runtime import setup_logging  # noqa: E402
+from selma3d.logs import setup_logging  # noqa: E402
 
 setup_logging()
-
-from pathlib import Path  # noqa: E402
 
 from selma3d.download import download_manifest  # noqa: E402
 

@@ -1,13 +1,15 @@
 """Rule figures: qualitative overlays and label-efficiency curves."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
 
-from selma3d.runtime import setup_logging  # noqa: E402
+from selma3d.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
 from selma3d.figures import make_figures  # noqa: E402
 
-make_figures(snakemake.input.cases, snakemake.input.manifest, snakemake.params.results, snakemake.output)
+make_figures(snakemake.input.cases, snakemake.input.manifest, snakemake.input.predictions, snakemake.output)

@@ -1,10 +1,12 @@
 """Rule ingest: one unannotated volume (TIFF series, NIfTI, MHA, OME-Zarr) -> canonical zarr."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
 
-from selma3d.runtime import setup_logging  # noqa: E402
+from selma3d.logs import setup_logging  # noqa: E402
 
 setup_logging()
 

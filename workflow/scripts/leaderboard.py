@@ -1,14 +1,16 @@
 """Rule leaderboard: aggregate every run's per-case metrics into the paper's tables."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
 
-from selma3d.runtime import setup_logging  # noqa: E402
+from selma3d.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
 from selma3d.leaderboard import collect_eval_tables, write_leaderboard  # noqa: E402
 
-cases = collect_eval_tables(snakemake.input.tables, snakemake.params.results)
+cases = collect_eval_tables(snakemake.input.tables)
 write_leaderboard(cases, snakemake.output)

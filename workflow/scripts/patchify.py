@@ -1,10 +1,12 @@
 """Rule patchify: cut filtered cubes from one pyramid level into a store plus an index."""
 
 import sys
+from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
 
-from selma3d.runtime import setup_logging  # noqa: E402
+from selma3d.logs import setup_logging  # noqa: E402
 
 setup_logging()
 

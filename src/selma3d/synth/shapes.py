@@ -179,30 +179,37 @@ class Curve:
 
 def tortuous_path(rng: np.random.Generator, start: Array, direction: Array, length: float,
                   step: float, tortuosity: float, correlation_um: float = 15.0) -> Array:
-    """Points of a smooth random walk: direction noise low-pass filtered like a spline.
+    """Points of a smooth meandering path heading along ``direction`` overall.
 
-    ``tortuosity`` is the direction change (radians-ish) accumulated per sqrt(100 µm).
+    The local direction is ``direction + tortuosity * g(s)``, with g a stationary, smooth
+    (Gaussian-correlated over ``correlation_um``) random vector of unit sd per component, so
+    the path wiggles like a spline around a straight line instead of drifting away.
     """
     n = max(2, int(np.ceil(length / step)) + 1)
-    kick = rng.standard_normal((n, 3)) * tortuosity * np.sqrt(step / 100.0)
     sigma = max(correlation_um / step, 1.0)
-    kick = gaussian_filter1d(kick, sigma, axis=0, mode="nearest") * np.sqrt(sigma * 2.5)
-    dirs = np.asarray(direction, float)[None, :] + np.cumsum(kick, axis=0)
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    pts = np.asarray(start, float) + np.cumsum(dirs * step, axis=0) - dirs[0] * step
-    return pts
+    pad = int(3 * sigma)
+    g = gaussian_filter1d(rng.standard_normal((n + 2 * pad, 3)), sigma, axis=0, mode="wrap")[pad:pad + n]
+    sd = g.std(axis=0, keepdims=True)
+    g = g / np.where(sd > 1e-9, sd, 1.0)
+    d0 = np.asarray(direction, float)
+    dirs = d0[None, :] / np.linalg.norm(d0) + tortuosity * g
+    dirs /= np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-9)
+    steps = np.concatenate([np.zeros((1, 3)), dirs[:-1] * step])
+    return np.asarray(start, float) + np.cumsum(steps, axis=0)
 
 
 def _smooth_noise_1d(rng: np.random.Generator, n: int, sigma_samples: float) -> Array:
     v = gaussian_filter1d(rng.standard_normal(n), max(sigma_samples, 1.0), mode="nearest")
+    v = v - v.mean()
     sd = v.std()
-    return v / sd if sd > 0 else v
+    return v / sd if sd > 1e-6 else np.zeros(n)
 
 
 def branching_tree(rng: np.random.Generator, start: Array, direction: Array, radius: float,
                    length: float, step: float, tortuosity: float, *, generations: int,
                    branches: tuple[int, int], angle_deg: tuple[float, float], child_ratio: tuple[float, float],
-                   length_ratio: float, min_radius: float, brightness: float, taper: float = 0.85) -> list[Curve]:
+                   length_ratio: float, min_radius: float, brightness: float, taper: float = 0.85,
+                   correlation_um: float = 15.0) -> list[Curve]:
     """A random tree of tortuous tubes: each branch tapers and spawns children along its length.
 
     Why: vessels and glial processes branch with shrinking radius; children start on the
@@ -212,7 +219,7 @@ def branching_tree(rng: np.random.Generator, start: Array, direction: Array, rad
     stack = [(np.asarray(start, float), np.asarray(direction, float), radius, length, 0)]
     while stack:
         p0, d0, r0, L, gen = stack.pop()
-        pts = tortuous_path(rng, p0, d0, L, step, tortuosity)
+        pts = tortuous_path(rng, p0, d0, L, step, tortuosity, correlation_um)
         n = len(pts)
         t = np.linspace(0.0, 1.0, n)
         rad = r0 * (1.0 - (1.0 - taper) * t) * np.exp(0.08 * _smooth_noise_1d(rng, n, 10.0 / step))
@@ -355,36 +362,27 @@ def ad_plaques(shape, spacing, rng, density: float = 1.0) -> Scene:
     return scene
 
 
-def _boundary_start(rng: np.random.Generator, E: Array, pad: float) -> tuple[Array, Array]:
-    """A point just outside a random face of the box and a direction pointing inwards."""
-    axis = int(rng.integers(3))
-    side = int(rng.integers(2))
-    p = rng.random(3) * E
-    p[axis] = -pad if side == 0 else E[axis] + pad
-    inward = np.zeros(3)
-    inward[axis] = 1.0 if side == 0 else -1.0
-    d = inward + 0.6 * random_directions(rng, 1)[0]
-    d[axis] = abs(d[axis]) * inward[axis] if abs(d[axis]) > 0.2 else 0.3 * inward[axis]
-    return p, d / np.linalg.norm(d)
+def _through_interior(rng: np.random.Generator, E: Array, direction: Array, length: float) -> Array:
+    """Start point of a straight-ish path of ``length`` whose middle is a random interior point."""
+    return rng.random(3) * E - 0.5 * length * direction
 
 
 def blood_vessel(shape, spacing, rng, density: float = 1.0) -> Scene:
-    """Contiguous dense: a branching network of tortuous tubes, radius 7 µm down to 1.8 µm."""
+    """Contiguous dense: a branching network of tortuous tubes, radius 7 µm down to 2 µm."""
     scene = Scene.empty(shape)
     E = extent_um(shape, spacing)
     step = 0.5 * float(np.min(spacing))
-    vol = float(np.prod(E + 40.0))
-    n_trees = max(1, int(rng.poisson(vol * 1e-9 * 1800 * density)))
+    vol = float(np.prod(E + 60.0))
+    n_trees = max(1, int(rng.poisson(vol * 1e-9 * 3500 * density)))
     curves: list[Curve] = []
     for _ in range(n_trees):
-        if rng.random() < 0.5:
-            p, d = _boundary_start(rng, E, 10.0)
-        else:
-            p, d = rng.random(3) * E, random_directions(rng, 1)[0]
+        d = random_directions(rng, 1)[0]
+        L = float(rng.uniform(100, 180))
+        p = _through_interior(rng, E, d, 0.6 * L)
         r = float(rng.uniform(2.5, 7.0))
-        curves += branching_tree(rng, p, d, r, length=float(rng.uniform(80, 160)), step=step,
-                                 tortuosity=0.9, generations=4, branches=(1, 3), angle_deg=(35, 80),
-                                 child_ratio=(0.6, 0.85), length_ratio=0.75, min_radius=1.8,
+        curves += branching_tree(rng, p, d, r, length=L, step=step,
+                                 tortuosity=0.35, generations=4, branches=(1, 3), angle_deg=(35, 80),
+                                 child_ratio=(0.6, 0.85), length_ratio=0.7, min_radius=2.0,
                                  brightness=float(rng.lognormal(0, 0.2)))
     render_tubes(scene, spacing, curves, wall=0.3)
     return scene
@@ -396,16 +394,16 @@ def axonalmarker(shape, spacing, rng, density: float = 1.0) -> Scene:
     E = extent_um(shape, spacing)
     step = 0.5 * float(np.min(spacing))
     area = float(np.prod(np.sort(E)[1:]))  # fibres cross the volume: count scales with a face
-    n = max(1, int(rng.poisson(area * 1e-6 * 400 * density)))
+    n = max(1, int(rng.poisson(area * 1e-6 * 900 * density)))
     # a preferred tract direction per field of view, as in real fibre bundles
     tract = random_directions(rng, 1)[0]
     curves: list[Curve] = []
     for _ in range(n):
-        p, d = _boundary_start(rng, E, 5.0)
-        d = d + 1.2 * tract * np.sign(d.dot(tract) or 1.0)
+        d = tract + 0.7 * random_directions(rng, 1)[0]
         d /= np.linalg.norm(d)
         L = float(np.linalg.norm(E)) * rng.uniform(1.0, 1.8)
-        pts = tortuous_path(rng, p, d, L, step, tortuosity=1.4, correlation_um=10.0)
+        p = _through_interior(rng, E, d, L)
+        pts = tortuous_path(rng, p, d, L, step, tortuosity=0.45, correlation_um=12.0)
         m = len(pts)
         s = np.arange(m) * step
         period = rng.uniform(4.0, 9.0)
@@ -417,7 +415,7 @@ def axonalmarker(shape, spacing, rng, density: float = 1.0) -> Scene:
         if rng.random() < 0.3:  # a collateral branch
             j = int(rng.integers(m // 4, max(m // 4 + 1, 3 * m // 4)))
             cd = random_directions(rng, 1)[0]
-            cp = tortuous_path(rng, pts[j], cd, L * 0.4, step, tortuosity=1.4, correlation_um=10.0)
+            cp = tortuous_path(rng, pts[j], cd, L * 0.4, step, tortuosity=0.45, correlation_um=12.0)
             k = len(cp)
             curves.append(Curve(cp, np.full(k, r0 * 0.8), np.full(k, bright.mean() * 0.8)))
     render_tubes(scene, spacing, curves)
@@ -442,10 +440,10 @@ def microglia(shape, spacing, rng, density: float = 1.0) -> Scene:
     for centre, b in zip(c, bright):
         for _ in range(int(rng.integers(4, 8))):
             curves += branching_tree(rng, centre, random_directions(rng, 1)[0], float(rng.uniform(0.8, 1.2)),
-                                     length=float(rng.uniform(12, 26)), step=step, tortuosity=2.0,
+                                     length=float(rng.uniform(12, 26)), step=step, tortuosity=0.6,
                                      generations=3, branches=(1, 2), angle_deg=(30, 70),
                                      child_ratio=(0.6, 0.85), length_ratio=0.6, min_radius=0.35,
-                                     brightness=0.7 * b, taper=0.5)
+                                     brightness=0.7 * b, taper=0.5, correlation_um=6.0)
     render_tubes(scene, spacing, curves)
     return scene
 
