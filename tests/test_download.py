@@ -164,7 +164,8 @@ def test_download_verifies_writes_local_manifest_and_is_idempotent(server, tmp_p
     a, b = _payload(300_000, 1), _payload(5_000, 2)
     server.files = {"/d/a.nii.gz": a, "/d/b.nii.gz": b}
     m = _manifest(tmp_path / "cfg", [
-        {"path": "raw/a.nii.gz", "url": server.base + "/d/a.nii.gz", "sha256": _sha(a).upper(), "size": len(a)},
+        {"path": "raw/a.nii.gz", "url": server.base + "/d/a.nii.gz", "sha256": _sha(a).upper(),
+         "size": len(a)},
         {"path": "", "url": server.base + "/d/b.nii.gz", "sha256": _sha(b)},
     ])
     dest = tmp_path / "data"
@@ -398,6 +399,30 @@ def test_local_row_with_wrong_checksum_leaves_nothing(tmp_path):
     with pytest.raises(ChecksumMismatch, match="f" * 64):
         download_manifest(m, dest, **FAST)
     assert list(dest.iterdir()) == []
+
+
+def test_rows_without_url_are_verified_in_place(tmp_path):
+    cfg = tmp_path / "cfg"
+    (cfg / "slices").mkdir(parents=True)
+    (cfg / "img.nii.gz").write_bytes(b"local image")
+    good = [{"path": "img.nii.gz", "sha256": _sha(b"local image"), "size": 11}, {"path": "slices"}]
+    df = download_manifest(_manifest(cfg, good), tmp_path / "out", **FAST)
+    assert list(df.path) == [str((cfg / "img.nii.gz").resolve()), str((cfg / "slices").resolve())]
+    assert read_manifest(tmp_path / "out" / "manifest.csv").path.tolist() == list(df.path)
+
+    bad = _manifest(cfg, [{"path": "img.nii.gz", "sha256": "e" * 64}], name="bad.csv")
+    with pytest.raises(ChecksumMismatch, match="e" * 64):
+        download_manifest(bad, tmp_path / "out2", **FAST)
+    assert (cfg / "img.nii.gz").read_bytes() == b"local image"  # the user's file is never removed
+    with pytest.raises(ValueError, match="nothing at that path"):
+        download_manifest(_manifest(cfg, [{"path": "absent.nii.gz"}], name="absent.csv"),
+                          tmp_path / "o3", **FAST)
+
+
+def test_real_cfos_manifest_verifies_against_shared_data(repo, real_data, tmp_path):
+    df = download_manifest(repo / "config" / "manifests" / "real_cfos.csv", tmp_path / "out", **FAST)
+    assert len(df) and df.sha256.str.fullmatch(r"[0-9a-f]{64}").all()
+    assert all(Path(p).resolve().is_relative_to(real_data.resolve()) for p in df.path)
 
 
 def test_bad_manifest_rows_are_input_errors(tmp_path):

@@ -11,8 +11,11 @@ destination, or the URL's file name when ``path`` is empty):
 - ``file://`` URLs and plain local paths (relative ones resolve against the manifest's folder):
   hard-linked into ``dest`` (copied when linking is impossible), after the same checks.
 
-A row without a ``sha256`` is trusted on first use only: the checksum computed on the first
-download is recorded in ``dest/checksums.recorded.csv`` and in
+Rows without a ``url`` name files that are already local: they are checked where they are
+(they must exist; size and SHA-256 when given) and never moved, linked or deleted.
+
+A row with a ``url`` but no ``sha256`` is trusted on first use only: the checksum computed on
+the first download is recorded in ``dest/checksums.recorded.csv`` and in
 ``<manifest-stem>.checksums.recorded.csv`` beside the manifest, reported as a warning, and every
 later run (into the same or a fresh destination) verifies against it. Nothing here runs at
 import time, so a Snakemake dry-run never touches the network.
@@ -29,7 +32,6 @@ import re
 import ssl
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -97,12 +99,13 @@ class _Job:
     size: int | None
     rows: list[int] = field(default_factory=list)
     local: Path | None = None  # source path for file:// or plain-path rows
+    in_place: bool = False  # a row without url: verified where it is
 
 
 @dataclass
 class _Result:
     job: _Job
-    action: str  # downloaded | resumed | skipped | linked | copied
+    action: str  # downloaded | resumed | skipped | linked | copied | verified | present
     sha256: str
     size: int
     newly_recorded: bool
@@ -119,8 +122,10 @@ class _Progress:
         from tqdm import tqdm
 
         self._lock = threading.Lock()
-        self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc="download", disable=not enabled, leave=True)
+        tty = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        # into a log file (a Snakemake rule): a line every 30 s, not ten per second
+        self._bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="download",
+                         disable=not enabled, leave=True, mininterval=0.1 if tty else 30.0)
 
     def add_total(self, n: int) -> None:
         with self._lock:
@@ -212,6 +217,8 @@ def download_manifest(manifest: str | Path, dest: str | Path, workers: int = 4, 
 
     out = df.copy()
     for res in results:
+        if res.job.in_place:
+            continue
         for i in res.job.rows:
             out.at[i, "path"] = str(res.job.target)
             out.at[i, "sha256"] = res.sha256
@@ -245,25 +252,32 @@ def _plan(df: pd.DataFrame, raw_paths: list[str], manifest: Path, dest: Path,
           records: "_Records") -> list[_Job]:
     base = manifest.resolve().parent
     jobs: dict[Path, _Job] = {}
+    in_place: dict[Path, _Job] = {}
     for i, row in df.iterrows():
         url = str(row.url).strip()
-        if not url:
-            continue
         where = f"{manifest} row {i + 2}"
-        rel = _dest_relpath(raw_paths[i].strip(), url, dest, where)
-        target = (dest / rel).resolve()
-        if not target.is_relative_to(dest):
-            raise InputError(where, f"a path inside the destination {dest}", repr(raw_paths[i]))
-        rel = str(target.relative_to(dest))
         sha = str(row.sha256).strip().lower()
         if sha.startswith("sha256:"):
             sha = sha[len("sha256:"):]
         if sha and not _SHA_RE.match(sha):
             raise InputError(where, "sha256 as 64 hexadecimal digits (or empty)", repr(row.sha256))
+        size = int(row["size"]) if str(row["size"]).strip() else None
+        if not url:  # a file already local: checked where it is, never moved or deleted
+            target = Path(row.path)
+            if target in in_place:
+                in_place[target].rows.append(i)
+            else:
+                in_place[target] = _Job(url="", target=target, rel=str(target), sha256=sha or None,
+                                        origin="manifest", size=size, rows=[i], local=target, in_place=True)
+            continue
+        rel = _dest_relpath(raw_paths[i].strip(), url, dest, where)
+        target = (dest / rel).resolve()
+        if not target.is_relative_to(dest):
+            raise InputError(where, f"a path inside the destination {dest}", repr(raw_paths[i]))
+        rel = str(target.relative_to(dest))
         origin = "manifest"
         if not sha:
             sha, origin = records.lookup(url) or ("", "")
-        size = int(row["size"]) if str(row["size"]).strip() else None
         local = _local_source(url, base)
         if target in jobs:
             other = jobs[target]
@@ -274,7 +288,7 @@ def _plan(df: pd.DataFrame, raw_paths: list[str], manifest: Path, dest: Path,
             continue
         jobs[target] = _Job(url=url, target=target, rel=rel, sha256=sha or None, origin=origin,
                             size=size, rows=[i], local=local)
-    return list(jobs.values())
+    return list(jobs.values()) + list(in_place.values())
 
 
 def _dest_relpath(raw: str, url: str, dest: Path, where: str) -> str:
@@ -286,7 +300,10 @@ def _dest_relpath(raw: str, url: str, dest: Path, where: str) -> str:
                                  repr(raw))
             return str(p.resolve().relative_to(dest))
         return raw
-    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name if "://" in url else Path(url).name
+    if "://" in url:
+        name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    else:
+        name = Path(url).name
     if not name:
         raise InputError(where, "a path, or a url ending in a file name", repr(url))
     return name
@@ -368,12 +385,36 @@ class _Records:
 def _fetch(job: _Job, ctx: _Ctx) -> _Result:
     if ctx.cancel.is_set():
         raise _Cancelled(job.url)
+    if job.in_place:
+        return _verify_in_place(job)
     existing = _check_existing(job)
     if existing is not None:
         return existing
     if job.local is not None:
         return _link(job, ctx.bar)
     return _http(job, ctx)
+
+
+def _verify_in_place(job: _Job) -> _Result:
+    """A row without url: the file (or slice folder) must exist; size and sha256 when given."""
+    t = job.target
+    if not t.exists():
+        raise InputError(t, "the local file or folder this manifest row names (it has no url)",
+                         "nothing at that path")
+    if t.is_dir():
+        if job.sha256 is not None or job.size is not None:
+            raise InputError(t, "sha256/size only for files (this row names a folder)",
+                             f"sha256={job.sha256 or ''} size={job.size or ''}")
+        return _Result(job, "present", "", 0, newly_recorded=False)
+    size = t.stat().st_size
+    if job.size is not None and size != job.size:
+        raise InputError(t, f"{job.size} bytes", f"{size} bytes")
+    if job.sha256 is None:
+        return _Result(job, "present", "", size, newly_recorded=False)
+    digest = sha256_file(t)
+    if digest != job.sha256:
+        raise ChecksumMismatch(t, job.sha256, digest, "the local file (left untouched)", job.origin)
+    return _Result(job, "verified", digest, size, newly_recorded=False)
 
 
 def _check_existing(job: _Job) -> _Result | None:
@@ -412,9 +453,10 @@ def _link(job: _Job, bar: _Progress) -> _Result:
     src = job.local
     assert src is not None
     if not src.is_file():
-        raise InputError(src, f"a local file for {job.url}", "nothing there" if not src.exists() else "not a file")
+        raise InputError(src, f"a local file for {job.url}",
+                         "nothing at that path" if not src.exists() else "not a file")
     job.target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.target.with_name(f"{job.target.name}{PARTIAL_SUFFIX}.{os.getpid()}.{threading.get_ident()}")
+    tmp = job.target.with_name(f"{job.target.name}{PARTIAL_SUFFIX}.{os.getpid()}.{threading.get_ident()}.link")
     _unlink(tmp)
     size = src.stat().st_size
     bar.add_total(size)
@@ -528,7 +570,8 @@ def _attempt(job: _Job, tr: _Transfer, ctx: _Ctx) -> tuple[str, int]:
                             url=job.url, status=exc.code) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
-            raise DownloadError(f"{job.url}: TLS certificate not trusted: {exc.reason}", url=job.url) from None
+            raise DownloadError(f"{job.url}: TLS certificate not trusted: {exc.reason}",
+                                url=job.url) from None
         raise _Retry(f"connection failed: {exc.reason}") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise _Retry(f"connection failed: {type(exc).__name__}: {exc}") from None
@@ -554,7 +597,8 @@ def _attempt(job: _Job, tr: _Transfer, ctx: _Ctx) -> tuple[str, int]:
             have = 0
             mode = "wb"
         if total is not None and job.size is not None and total != job.size:
-            raise InputError(job.target, f"{job.size} bytes for {job.url}", f"the server announces {total} bytes")
+            raise InputError(job.target, f"{job.size} bytes for {job.url}",
+                             f"the server announces {total} bytes")
         if total is not None and tr.counted != total:
             ctx.bar.add_total(total - tr.counted)
             tr.counted = total
@@ -632,8 +676,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if not logging.getLogger().handlers:  # retries and recorded checksums are worth seeing
+        from .logs import setup_logging
+
+        setup_logging()
     try:
         df = download_manifest(args.manifest, args.dest, workers=args.workers, retries=args.retries,
                                backoff=getattr(args, "backoff", 1.0), timeout=getattr(args, "timeout", 60.0),

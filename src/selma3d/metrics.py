@@ -17,7 +17,9 @@ Semantics (see ``SELMA3D.md`` "Official metrics — exact semantics"):
   without any guard or smoothing: ``2·a·b/(a+b)``; NaN when either skeleton is empty (0/0) and
   also when both scores are 0 (non-empty masks whose skeletons miss each other).
 * **clDice corrected**: 1 when both masks are empty, 0 when exactly one is, otherwise
-  ``2·a·b/(a+b)`` with 0 when ``a + b = 0``.
+  ``2·a·b/(a+b)`` with 0 when ``a + b = 0``. scikit-image's thinning erases some thin
+  objects completely (a 2×2-voxel bar has an empty skeleton); when a non-empty mask's skeleton
+  is empty, this variant uses the mask itself as its centreline.
 * **Betti numbers** (official ``betti_number``): pad by one background voxel; b0 = 26-connected
   foreground components; χ = 26-connectivity Euler characteristic (``skimage.measure.
   euler_number(connectivity=3)``); b2 = 6-connected background components − 1; b1 = b0 + b2 − χ.
@@ -172,7 +174,7 @@ def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
 
 @dataclass(frozen=True)
 class SkeletonOverlap:
-    """Counts behind every clDice variant: |S(P)|, |S(P)∩G|, |S(G)|, |S(G)∩P|, |P|, |G|."""
+    """Counts behind every clDice variant: |S(P)|, |S(P)∩G|, |S(G)|, |S(G)∩P|, |P|, |G|, |P∩G|."""
 
     n_sp: int
     sp_in_g: int
@@ -180,6 +182,7 @@ class SkeletonOverlap:
     sg_in_p: int
     n_p: int
     n_g: int
+    inter: int
 
     @property
     def tprec(self) -> float:
@@ -206,6 +209,7 @@ def skeleton_overlap(pred: np.ndarray, gt: np.ndarray, skel_pred: np.ndarray | N
         sg_in_p=int(np.count_nonzero(sg & p)),
         n_p=int(np.count_nonzero(p)),
         n_g=int(np.count_nonzero(g)),
+        inter=int(np.count_nonzero(p & g)),
     )
 
 
@@ -232,7 +236,9 @@ def cldice_corrected_from(ov: SkeletonOverlap) -> float:
         return 1.0
     if ov.n_p == 0 or ov.n_g == 0:
         return 0.0
-    a, b = ov.tsens, ov.tprec
+    # an empty skeleton of a non-empty mask (thinning artefact): the mask is its own centreline
+    a = ov.sg_in_p / ov.n_sg if ov.n_sg else ov.inter / ov.n_g
+    b = ov.sp_in_g / ov.n_sp if ov.n_sp else ov.inter / ov.n_p
     if a + b == 0:
         return 0.0
     return float(2 * a * b / (a + b))
@@ -429,6 +435,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
     ov = SkeletonOverlap(
         n_sp=int(np.count_nonzero(sp)), sp_in_g=int(np.count_nonzero(sp & g)),
         n_sg=int(np.count_nonzero(sg)), sg_in_p=int(np.count_nonzero(sg & p)), n_p=n_p, n_g=n_g,
+        inter=inter,
     )
     del sp, sg
     cl = cldice_2024_from(ov) if protocol == "selma3d2024" else cldice_2026_from(ov)

@@ -8,10 +8,10 @@ import numpy as np
 def percentile_scale(x: np.ndarray, low: float = 0.05, high: float = 99.95) -> np.ndarray:
     """Map the [low, high] percentile range to [-1, 1] and clip (team Tonyxu's recipe)."""
     x = np.asarray(x, dtype=np.float32)
-    lo, hi = np.percentile(x, [low, high])
+    lo, hi = (np.float32(v) for v in np.percentile(x, [low, high]))
     if hi <= lo:
         return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+    return np.clip((x - lo) / (hi - lo) * np.float32(2.0) - np.float32(1.0), -1.0, 1.0).astype(np.float32)
 
 
 def zscore(x: np.ndarray) -> np.ndarray:

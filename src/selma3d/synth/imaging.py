@@ -11,22 +11,28 @@ its saturation level.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, zoom
+from scipy.ndimage import gaussian_filter
 
 Array = np.ndarray
 
 
 def smooth_field(shape, spacing, rng: np.random.Generator, scale_um: float) -> Array:
-    """Zero-mean, unit-sd random field varying on ``scale_um`` (cubic upsampling of a coarse grid)."""
-    E = np.asarray(shape) * np.asarray(spacing, float)
-    coarse = np.maximum(np.ceil(E / scale_um).astype(int) + 2, 2)
-    g = rng.standard_normal(tuple(coarse))
-    f = zoom(g, np.asarray(shape) / coarse, order=3, mode="reflect", grid_mode=True)
-    f = f[: shape[0], : shape[1], : shape[2]].astype(np.float32)
-    if f.shape != tuple(shape):  # zoom rounding: pad by edge values
-        f = np.pad(f, [(0, s - fs) for s, fs in zip(shape, f.shape)], mode="edge")
+    """Zero-mean, unit-sd random field varying on ``scale_um``.
+
+    A sum of Gaussian bumps with random weights on a coarse lattice (spacing scale/2), built
+    separably (three small matrix products): cheap even for large volumes.
+    """
+    mats = []
+    for n, sp in zip(shape, spacing):
+        x = np.arange(n) * float(sp)
+        c = np.arange(-scale_um, n * float(sp) + scale_um + 1e-9, scale_um / 2.0)
+        mats.append(np.exp(-0.5 * ((x[:, None] - c[None, :]) / (scale_um / 2.0)) ** 2).astype(np.float32))
+    g = rng.standard_normal(tuple(m.shape[1] for m in mats)).astype(np.float32)
+    f = np.einsum("abc,za->zbc", g, mats[0])
+    f = np.einsum("zbc,yb->zyc", f, mats[1])
+    f = np.einsum("zyc,xc->zyx", f, mats[2])
     sd = float(f.std())
-    return (f - f.mean()) / sd if sd > 0 else f * 0
+    return ((f - f.mean()) / sd if sd > 0 else f * 0).astype(np.float32)
 
 
 def texture(shape, spacing, rng: np.random.Generator, scale_um: float = 1.5) -> Array:

@@ -265,7 +265,7 @@ def render_tubes(scene: Scene, spacing, curves: list[Curve], wall: float = 0.0) 
     if not inb.any():
         return
     P, rad, bri, vox = P[inb], rad[inb], bri[inb], vox[inb]
-    reach = float(rad.max()) + 2.0 * spacing.max()
+    reach = float(rad.max()) + 1.5 * spacing.max()  # density < 1 % beyond
     # candidate voxels: coarse blocks holding a sample, dilated by one block
     block = np.maximum(np.ceil(reach / spacing).astype(int), 1)
     cshape = shape // block + 1
@@ -286,8 +286,11 @@ def render_tubes(scene: Scene, spacing, curves: list[Curve], wall: float = 0.0) 
     tree = cKDTree(P)
     dist, nearest = tree.query(q * spacing, k=1, distance_upper_bound=reach)
     hit = np.isfinite(dist)
-    cover_d, _ = cKDTree(vox).query(q, k=1, p=np.inf, distance_upper_bound=0.5 + 1e-6)
-    through = np.isfinite(cover_d)
+    # a sample within half a voxel (Chebyshev) is within 0.5*|spacing| µm (Euclidean)
+    near = np.flatnonzero(dist <= 0.5 * np.linalg.norm(spacing) + 1e-6)
+    cover_d, _ = cKDTree(vox).query(q[near], k=1, p=np.inf, distance_upper_bound=0.5 + 1e-6)
+    through = np.zeros(len(q), bool)
+    through[near[np.isfinite(cover_d)]] = True
     j = np.where(hit, nearest, 0)
     d = (q * spacing - P[j]).T
     h = _half_voxel_along(d, spacing, np.where(hit, dist, 0.0))
@@ -409,8 +412,8 @@ def axonalmarker(shape, spacing, rng, density: float = 1.0) -> Scene:
         period = rng.uniform(4.0, 9.0)
         bead = np.maximum(0.0, np.sin(2 * np.pi * s / period + rng.uniform(0, 2 * np.pi))) ** 6
         r0 = rng.uniform(0.5, 1.2)
-        radius = r0 * (1.0 + 0.8 * bead)
-        bright = rng.lognormal(0.0, 0.3) * np.exp(0.2 * _smooth_noise_1d(rng, m, 15.0 / step)) * (1 + 0.5 * bead)
+        radius = r0 * (1.0 + 0.5 * bead)
+        bright = rng.lognormal(0.0, 0.3) * np.exp(0.2 * _smooth_noise_1d(rng, m, 15.0 / step)) * (1 + 0.3 * bead)
         curves.append(Curve(pts, radius, bright))
         if rng.random() < 0.3:  # a collateral branch
             j = int(rng.integers(m // 4, max(m // 4 + 1, 3 * m // 4)))
@@ -443,7 +446,7 @@ def microglia(shape, spacing, rng, density: float = 1.0) -> Scene:
                                      length=float(rng.uniform(12, 26)), step=step, tortuosity=0.6,
                                      generations=3, branches=(1, 2), angle_deg=(30, 70),
                                      child_ratio=(0.6, 0.85), length_ratio=0.6, min_radius=0.35,
-                                     brightness=0.7 * b, taper=0.5, correlation_um=6.0)
+                                     brightness=0.9 * b, taper=0.5, correlation_um=6.0)
     render_tubes(scene, spacing, curves)
     return scene
 
