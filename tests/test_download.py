@@ -432,6 +432,9 @@ def test_bad_manifest_rows_are_input_errors(tmp_path):
     with pytest.raises(ValueError, match="inside the destination"):
         download_manifest(_manifest(tmp_path / "b", [{"path": "../x", "url": "http://127.0.0.1:9/x"}]),
                           tmp_path / "o2", **FAST)
+    with pytest.raises(ValueError, match="whole number of bytes"):
+        download_manifest(_manifest(tmp_path / "d", [{"path": "x", "url": "http://127.0.0.1:9/x",
+                                                      "size": "12 MB"}]), tmp_path / "o4", **FAST)
     with pytest.raises(ValueError, match="one source per destination"):
         download_manifest(_manifest(tmp_path / "c", [{"path": "x", "url": "http://127.0.0.1:9/x"},
                                                      {"path": "x", "url": "http://127.0.0.1:9/y"}]),

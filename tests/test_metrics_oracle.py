@@ -100,14 +100,17 @@ def ref_betti_gudhi(mask):
     minimum of its cofaces, so the sublevel set at 0 is the union of closed cubes, in which
     corner-touching voxels are connected: 26-connectivity, as the official recipe. No padding:
     this also checks that padding in the official recipe changes nothing. b_d = number of
-    dimension-d intervals born at 0.
+    dimension-d intervals born at 0 that survive to 1 or forever (zero-length pairs dropped).
     """
     import gudhi
 
     cc = gudhi.CubicalComplex(top_dimensional_cells=np.where(mask, 0.0, 1.0))
-    cc.compute_persistence(homology_coeff_field=2, min_persistence=-1)
-    return tuple(int(np.sum(cc.persistence_intervals_in_dimension(d)[:, 0] == 0.0))
-                 if len(cc.persistence_intervals_in_dimension(d)) else 0 for d in range(3))
+    cc.compute_persistence(homology_coeff_field=2)
+    out = []
+    for d in range(3):
+        iv = np.asarray(cc.persistence_intervals_in_dimension(d)).reshape(-1, 2)
+        out.append(int(np.sum((iv[:, 0] == 0.0) & (iv[:, 1] > 0.0))))
+    return tuple(out)
 
 
 def ref_cldice_2024(p, g):

@@ -261,7 +261,10 @@ def _plan(df: pd.DataFrame, raw_paths: list[str], manifest: Path, dest: Path,
             sha = sha[len("sha256:"):]
         if sha and not _SHA_RE.match(sha):
             raise InputError(where, "sha256 as 64 hexadecimal digits (or empty)", repr(row.sha256))
-        size = int(row["size"]) if str(row["size"]).strip() else None
+        size_text = str(row["size"]).strip()
+        if size_text and not size_text.isdigit():
+            raise InputError(where, "size as a whole number of bytes (or empty)", repr(row["size"]))
+        size = int(size_text) if size_text else None
         if not url:  # a file already local: checked where it is, never moved or deleted
             target = Path(row.path)
             if target in in_place:
@@ -456,7 +459,8 @@ def _link(job: _Job, bar: _Progress) -> _Result:
         raise InputError(src, f"a local file for {job.url}",
                          "nothing at that path" if not src.exists() else "not a file")
     job.target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.target.with_name(f"{job.target.name}{PARTIAL_SUFFIX}.{os.getpid()}.{threading.get_ident()}.link")
+    tag = f"{os.getpid()}.{threading.get_ident()}"
+    tmp = job.target.with_name(f"{job.target.name}{PARTIAL_SUFFIX}.{tag}.link")
     _unlink(tmp)
     size = src.stat().st_size
     bar.add_total(size)

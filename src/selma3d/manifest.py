@@ -67,8 +67,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         elif row.category not in CATEGORIES:
             raise InputError(where, f"category in {list(CATEGORIES)}", repr(row.category))
         parse_spacing(row.spacing_um, where)
-        if row.size and not str(row.size).isdigit():
-            raise InputError(where, "size as a whole number of bytes", repr(row.size))
+        if row["size"] and not str(row["size"]).isdigit():
+            raise InputError(where, "size as a whole number of bytes", repr(row["size"]))
     base = path.parent.resolve()
     df["path"] = [str(p if Path(p).is_absolute() else (base / p)) for p in df["path"]]
     return df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]

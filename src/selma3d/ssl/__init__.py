@@ -15,6 +15,11 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 #: strategy name -> module that registers it (imported lazily so a dry-run never imports torch)
 _MODULES = {
     "mae": "selma3d.ssl.mae",
+    "byol": "selma3d.ssl.byol",
+    "simclr": "selma3d.ssl.simclr",
+    "swin_multitask": "selma3d.ssl.swin_multitask",
+    "dino": "selma3d.ssl.dino",
+    "mae_text": "selma3d.ssl.mae_text",
 }
 
 
