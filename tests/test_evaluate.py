@@ -100,7 +100,7 @@ def test_ignore_label_excludes_unannotated_voxels(tmp_path):
     g[1:4, 1:4, 1:4] = 1
     g[6:, 6:, 6:] = 9  # unannotated region
     p = (g == 1).astype(np.uint8)
-    p[6:, 6:, 6:] = 1  # a prediction where nobody annotated
+    p[6, 6, 6] = 1  # a prediction where nobody annotated
     write_nifti(tmp_path / "gt" / "cfos_neuron_a.nii.gz", g)
     write_nifti(tmp_path / "pred" / "cfos_neuron_a.nii.gz", p)
     df = E.evaluate_dirs(tmp_path / "pred", tmp_path / "gt", "selma3d2026", ignore_label=9, progress=False)

@@ -261,10 +261,18 @@ def _ranks_for(table: pd.DataFrame, protocol: str) -> dict[tuple, float]:
     return {tuple(r[k] for k in RUN_KEYS): float(r["final_rank"]) for _, r in ranks.iterrows()}
 
 
+def _by_rank(runs: list[tuple], ranks: dict[tuple, float]) -> list[tuple]:
+    """Best-ranked run first when there is a ranking (2026), else the given order."""
+    if not ranks:
+        return runs
+    return sorted(runs, key=lambda r: ranks.get(r, math.inf))
+
+
 def render_markdown(table: pd.DataFrame, protocol: str) -> str:
     """Paper-style markdown table (tables 4–5): mean ± std, % for overlap metrics, best in bold."""
     runs, columns, cells = _display(table, protocol)
     ranks = _ranks_for(table, protocol)
+    runs = _by_rank(runs, ranks)
     header = ["strategy / mode / budget"] + [f"{g} {LABELS.get(m, m)}" for g, m in columns]
     if ranks:
         header.append("final rank")
@@ -290,6 +298,7 @@ def render_latex(table: pd.DataFrame, protocol: str) -> str:
     """booktabs tabular of the same table; best values in \\textbf."""
     runs, columns, cells = _display(table, protocol)
     ranks = _ranks_for(table, protocol)
+    runs = _by_rank(runs, ranks)
     ncol = 1 + len(columns) + (1 if ranks else 0)
     lines = [f"% {protocol}: mean $\\pm$ sample std over cases and seeds; Dice/clDice/PQ in \\%",
              r"\begin{tabular}{l" + "c" * (ncol - 1) + "}", r"\toprule"]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -42,7 +45,9 @@ def warmup_cosine(optimizer, warmup: int, total: int):
 def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Path], weights_out: str | Path,
              curve_out: str | Path, steps: int, batch_size: int, seed: int = 0, num_workers: int = 0,
              log_every: int = 10, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
-             precision: str = "auto", extra_meta: dict | None = None) -> Path:
+             precision: str = "auto", extra_meta: dict | None = None, gpus: int = 1, shards: int | None = None,
+             channels_last: bool = False, compile: bool = False, pin_memory: bool | None = None,
+             find_unused_parameters: bool = True, ddp_log_dir: str | Path | None = None) -> Path:
     """Pretrain one strategy on patchify's output and export its encoder weights.
 
     Args:
@@ -51,12 +56,37 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
         patch_indexes: patchify index CSVs (their stores sit beside them).
         weights_out: ``{"strategy", "config", "weights"}`` written here atomically.
         curve_out: CSV of step, loss and the strategy's loss components.
+        batch_size: the global batch of a step (over all GPUs and shards).
         checkpoint_dir: where the resumable state lives (outside the rule's outputs);
-            a rerun continues from it.
+            a rerun continues from it and ends with the same weights as an uninterrupted run.
+        gpus: data-parallel processes; > 1 re-launches this call under torchrun (DDP).
+        shards: the global batch is cut into this many shards (default ``gpus``), each with
+            its own seeded randomness (masks, augmentations) and batch statistics; shards are
+            spread over the GPUs and accumulated within one. The weights depend on
+            ``shards``, not on ``gpus``.
+        channels_last, compile: CUDA speed-ups (``channels_last_3d`` memory format,
+            ``torch.compile`` of the loss); off by default, harmless on CPU.
+        pin_memory: pinned host buffers for the loader (default: on with CUDA).
     """
+    from . import distributed
+
+    if gpus > 1 and not distributed.in_launched_worker():
+        call = {k: v for k, v in locals().items() if k not in ("distributed",)}
+        call.update(weights_out=str(weights_out), curve_out=str(curve_out),
+                    patch_indexes=[str(p) for p in patch_indexes])
+        distributed.launch(call, gpus, ddp_log_dir)
+        return Path(weights_out)
+
     device = pick_device()
+    info = distributed.setup(device.type)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    n_shards, accum = distributed.plan_shards(batch_size, info.world_size, shards)
+    micro = batch_size // n_shards
     seed_everything(seed)
     model = ssl.build_strategy(strategy, config).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=float(config.get("lr", 1e-4)),
                                   weight_decay=float(config.get("weight_decay", 1e-5)))
@@ -68,49 +98,130 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     start = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler) if ckpt else 0
     curve_rows = _read_curve(Path(checkpoint_dir) / "curve.csv") if ckpt and start else []
+    curve_rows = [r for r in curve_rows if r["step"] < start]
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start, steps)
+    if info.enabled:
+        sampler = distributed.RankBatchSampler(sampler, info.rank, info.world_size)
+    # Determinism with workers: every crop is a pure function of the (row, seed) item the
+    # sampler hands out, so which worker loads it does not matter.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    log.info("pretraining %s on %d patches from %d volumes, steps %d..%d, batch %d, device %s",
-             strategy, len(index), index["volume"].nunique() if "volume" in index else -1,
-             start, steps, batch_size, device)
+                        pin_memory=device.type == "cuda" if pin_memory is None else bool(pin_memory),
+                        persistent_workers=False, worker_init_fn=_worker_init if num_workers else None,
+                        prefetch_factor=4 if num_workers else None)
+
+    step_fn: torch.nn.Module = _LossModule(model)
+    ddp = None
+    if info.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            step_fn, device_ids=[info.local_rank] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters)
+        step_fn = ddp
+    if compile:
+        step_fn = torch.compile(step_fn)
+    if info.is_main:
+        log.info("pretraining %s on %d patches from %d volumes, steps %d..%d, global batch %d in %d shards "
+                 "(%d ranks x %d micro-batches of %d), device %s, precision %s", strategy, len(index),
+                 index["volume"].nunique() if "volume" in index else -1, start, steps, batch_size, n_shards,
+                 info.world_size, accum, micro, device, precision)
 
     model.train()
-    t0, seen = time.perf_counter(), 0
-    step = start
+    t0, seen, t_log, seen_log = time.perf_counter(), 0, time.perf_counter(), 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for step, (x, meta) in enumerate(loader, start=start):
-        x = x.to(device, non_blocking=True)
         for key, value in (extra_meta or {}).items():
             meta.setdefault(key, [value] * x.shape[0])
-        with autocast(device, precision):
-            loss, parts = model.loss(x, step, meta)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{strategy}: loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total, parts_sum = 0.0, {}
+        for k in range(accum):
+            xk = x[k * micro:(k + 1) * micro].to(device, non_blocking=True)
+            if channels_last:
+                xk = xk.contiguous(memory_format=torch.channels_last_3d)
+            meta_k = {key: v[k * micro:(k + 1) * micro] for key, v in meta.items()}
+            _reseed(model, distributed.shard_seed(seed, step, info.rank * accum + k), device)
+            sync = ddp.no_sync() if ddp is not None and k < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(device, precision):
+                    loss, parts = step_fn(xk, step, meta_k)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{strategy}: loss became {loss.item()} at step {step}")
+                (loss / accum).backward()
+            total += float(loss.detach()) / accum
+            for key, v in parts.items():
+                parts_sum[key] = parts_sum.get(key, 0.0) + float(v) / accum
         optimizer.step()
         scheduler.step()
         model.after_step(step)
-        seen += x.shape[0]
-        curve_rows.append({"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0],
-                           **{k: float(v) for k, v in parts.items()}})
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            rate = seen / max(1e-9, time.perf_counter() - t0)
-            log.info("step %d/%d loss %.4f (%.1f samples/s)", step + 1, steps, curve_rows[-1]["loss"], rate)
-        if ckpt and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        seen += batch_size
+        keys = sorted(parts_sum)
+        stats = distributed.all_mean(torch.tensor([total] + [parts_sum[k] for k in keys], dtype=torch.float64,
+                                                  device=device if device.type == "cuda" else "cpu"), info)
+        stats = stats.tolist()
+        curve_rows.append({"step": step, "loss": stats[0], "lr": scheduler.get_last_lr()[0],
+                           **dict(zip(keys, stats[1:]))})
+        if info.is_main and ((step + 1) % log_every == 0 or step + 1 == steps):
+            now = time.perf_counter()
+            rate = (seen - seen_log) / max(1e-9, now - t_log)
+            t_log, seen_log = now, seen
+            mem = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+                   if device.type == "cuda" else "")
+            log.info("step %d/%d loss %.4f (%.1f samples/s%s)", step + 1, steps, stats[0], rate, mem)
+        if ckpt and info.is_main and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             _write_curve(Path(checkpoint_dir) / "curve.csv", curve_rows)
             save_checkpoint(ckpt, step + 1, model=model, optimizer=optimizer, scheduler=scheduler)
-    if device.type == "cuda":
-        log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated() / 2**30)
+    elapsed = time.perf_counter() - t0
+    if info.is_main:
+        log.info("trained %d steps in %.1f s: %.2f samples/s overall", steps - start, elapsed,
+                 seen / max(1e-9, elapsed))
+        if device.type == "cuda":
+            log.info("peak GPU memory %.2f GiB", torch.cuda.max_memory_allocated(device) / 2**30)
 
-    weights = {k: v.detach().cpu() for k, v in model.export_weights().items()}
-    if not weights:
-        raise RuntimeError(f"strategy {strategy!r} exported no encoder weights")
-    with atomic_path(weights_out) as tmp:
-        torch.save({"strategy": strategy, "config": config, "weights": weights, "steps": steps}, tmp)
-    _write_curve(curve_out, curve_rows)
-    log.info("exported %d encoder tensors to %s", len(weights), weights_out)
+    if info.is_main:
+        weights = {k: v.detach().cpu() for k, v in model.export_weights().items()}
+        if not weights:
+            raise RuntimeError(f"strategy {strategy!r} exported no encoder weights")
+        with atomic_path(weights_out) as tmp:
+            torch.save({"strategy": strategy, "config": config, "weights": weights, "steps": steps,
+                        "shards": n_shards, "batch_size": batch_size, "seed": seed}, tmp)
+        _write_curve(curve_out, curve_rows)
+        log.info("exported %d encoder tensors to %s", len(weights), weights_out)
+    distributed.barrier(info)
+    distributed.teardown()
     return Path(weights_out)
+
+
+class _LossModule(torch.nn.Module):
+    """``forward`` = the strategy's loss, so DDP and torch.compile see one module call."""
+
+    def __init__(self, strategy: torch.nn.Module):
+        super().__init__()
+        self.strategy = strategy
+
+    def forward(self, x: torch.Tensor, step: int, meta: dict):
+        return self.strategy.loss(x, step, meta)
+
+
+def _reseed(strategy: torch.nn.Module, seed: int, device: torch.device) -> None:
+    """Seed every source of randomness a strategy may draw from, per (step, shard).
+
+    Masks and augmentations then depend only on the step and the shard, not on what ran
+    before: a resumed run draws what the uninterrupted one drew, and N GPUs draw what N
+    shards on one GPU draw.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if callable(getattr(strategy, "reseed", None)):
+        strategy.reseed(seed)
+    elif hasattr(strategy, "_gen"):  # StrategyBase keeps a lazily created torch.Generator
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        strategy._gen = gen
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Loader workers decode and crop; one thread each keeps them from fighting the trainer."""
+    torch.set_num_threads(1)
 
 
 def _write_curve(path: str | Path, rows: list[dict]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
-from .io import Volume, VolumeReader
+from .io import Volume, VolumeReader, case_name
 
 AXES = ("z", "y", "x")
 NGFF_VERSIONS = ("0.4", "0.5")
@@ -193,7 +193,7 @@ def write_zarr_volume(path: str | Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0
         raise ValueError(f"{path}: expected a 3D (z, y, x) array, found shape {data.shape}")
     with atomic_path(path) as tmp:
         (arr,) = create_ome_zarr(tmp, [data.shape], data.dtype, chunks, [spacing], None,
-                                 name=name or path.name, compressor=compressor, clevel=clevel,
+                                 name=name or case_name(path), compressor=compressor, clevel=clevel,
                                  ngff_version=ngff_version)
         arr[...] = data
     return path

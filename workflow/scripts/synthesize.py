@@ -13,4 +13,5 @@ setup_logging()
 from selma3d.synth import synthesize_dataset  # noqa: E402
 
 out = Path(snakemake.output.manifest)
-synthesize_dataset(out.parent, snakemake.params.synthetic, seed=snakemake.params.seed, manifest_name=out.name)
+path = synthesize_dataset(out.parent, snakemake.params.synthetic, seed=snakemake.params.seed, progress=False)
+assert path == out, f"synthesizer wrote {path}, the rule expects {out}"

@@ -33,6 +33,7 @@ class StrategyBase(Strategy):
         self.backbone = self.net_config["backbone"]
         self.encoder_net = models.build_segmentation_net(self.net_config)
         self.feat_dim = models.encoder_channels(self.net_config)
+        self.pool_dim = 2 * self.feat_dim  # see pool_features
         self._gen: torch.Generator | None = None
         if self.export_scope == "encoder":
             # the decoder is not used by the pretext task: keep it out of the optimiser
@@ -73,8 +74,19 @@ class StrategyBase(Strategy):
             raise InputError(None, f"batch size >= {least} for strategy {name!r}", f"batch size {batch.shape[0]}")
 
     def pooled(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Global-average-pooled deepest encoder features (B, C)."""
-        return models.encode(net, x, self.backbone).float().mean(dim=(2, 3, 4))
+        """Pooled deepest encoder features (B, 2C), see :func:`pool_features`."""
+        return pool_features(models.encode(net, x, self.backbone))
+
+
+def pool_features(feat: torch.Tensor) -> torch.Tensor:
+    """Global mean and max of a (B, C, d, h, w) map, concatenated (B, 2C).
+
+    Instance-normalised encoders (BasicUNet, SwinUNETR's blocks) give nearly sample-independent
+    channel means, so average pooling alone starts every embedding at the same point; the max
+    keeps per-sample information.
+    """
+    f = feat.float().flatten(2)
+    return torch.cat([f.mean(2), f.amax(2)], dim=1)
 
 
 def mlp(dim_in: int, hidden: int, dim_out: int, norm: str = "bn", layers: int = 2) -> nn.Sequential:

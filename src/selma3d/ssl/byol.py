@@ -40,7 +40,7 @@ class BYOL(StrategyBase):
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
         super().__init__(config, in_channels)
         c = self.config
-        self.projector = mlp(self.feat_dim, int(c["proj_hidden"]), int(c["proj_dim"]))
+        self.projector = mlp(self.pool_dim, int(c["proj_hidden"]), int(c["proj_dim"]))
         self.predictor = mlp(int(c["proj_dim"]), int(c["proj_hidden"]), int(c["proj_dim"]))
         self.target_net = make_teacher(self.encoder_net)
         self.target_projector = make_teacher(self.projector)

@@ -150,6 +150,8 @@ class DINO(StrategyBase):
                 if j != i:
                     terms.append(-(tp * F.log_softmax(s / ts, dim=-1)).sum(-1).mean())
         dino = torch.stack(terms).mean()
+        # teacher entropy: dino − entropy is the student–teacher KL (what the student can lower)
+        t_ent = torch.stack([-(tp * torch.log(tp.clamp_min(1e-12))).sum(-1).mean() for tp in t_probs]).mean()
         ibot = torch.stack(ibot_terms).mean() if ibot_terms else dino.new_zeros(())
         koleo = torch.stack([_koleo(z) for z in s_glob]).mean()
         loss = c["w_dino"] * dino + c["w_ibot"] * ibot + c["w_koleo"] * koleo
@@ -160,6 +162,7 @@ class DINO(StrategyBase):
             if t_patch_all:
                 self.center_patch.mul_(cm).add_((1 - cm) * torch.cat(t_patch_all).mean(0, keepdim=True))
         return loss, {"dino": float(dino.detach()), "ibot": float(ibot.detach()), "koleo": float(koleo.detach()),
+                      "dino_kl": float(dino.detach() - t_ent),
                       "teacher_temp": tt, "emb_std": embedding_std(s_glob[0])}
 
     def after_step(self, step: int) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from .. import augment, models
 from ..structures import STRUCTURE_CATEGORY
 from . import register
-from ._common import StrategyBase, ema_update, embedding_std, make_teacher, masked_recon_loss
+from ._common import StrategyBase, ema_update, embedding_std, make_teacher, masked_recon_loss, mlp, pool_features
 
 
 def _fmt(v: Any) -> str:
@@ -127,7 +127,7 @@ class MaskedTextAligned(StrategyBase):
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
         super().__init__(config, in_channels)
         c = self.config
-        self.image_proj = nn.Linear(self.feat_dim, int(c["embed_dim"]))
+        self.image_proj = mlp(self.pool_dim, int(c["embed_dim"]), int(c["embed_dim"]))
         self.text_encoder = TextEncoder(int(c["embed_dim"]), int(c["text_vocab"]), int(c["text_width"]), int(c["text_layers"]))
         self.teacher = make_teacher(self.encoder_net)
 
@@ -148,7 +148,7 @@ class MaskedTextAligned(StrategyBase):
         s_logp = F.log_softmax(feat.float() / float(c["student_temp"]), dim=1)
         distill = (t_p * (torch.log(t_p.clamp_min(1e-12)) - s_logp)).sum(1).mean()
 
-        img = F.normalize(self.image_proj(feat.float().mean(dim=(2, 3, 4))), dim=1)
+        img = F.normalize(self.image_proj(pool_features(feat)), dim=1)
         caps = [caption(meta, i) for i in range(b)]
         txt = F.normalize(self.text_encoder(caps, dev).float(), dim=1)
         logits = img @ txt.t() / float(c["clip_temperature"])

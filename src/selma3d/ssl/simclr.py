@@ -39,7 +39,7 @@ class SimCLR(StrategyBase):
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
         super().__init__(config, in_channels)
-        self.projector = mlp(self.feat_dim, int(self.config["proj_hidden"]), int(self.config["proj_dim"]))
+        self.projector = mlp(self.pool_dim, int(self.config["proj_hidden"]), int(self.config["proj_dim"]))
 
     def loss(self, batch: torch.Tensor, step: int, meta: dict[str, Any] | None = None):
         self.require_batch(batch, 2, self.name)

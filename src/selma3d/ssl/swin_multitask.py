@@ -20,7 +20,7 @@ from torch import nn
 from .. import augment, models
 from ..structures import STRUCTURE_CATEGORY
 from . import register
-from ._common import StrategyBase, UpsampleHead, embedding_std, nt_xent
+from ._common import StrategyBase, UpsampleHead, embedding_std, mlp, nt_xent, pool_features
 
 
 @register("swin_multitask")
@@ -50,11 +50,11 @@ class SwinMultiTask(StrategyBase):
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
         super().__init__(config, in_channels)
         c = self.config
-        self.rot_head = nn.Linear(self.feat_dim, 4)
-        self.contrast_head = nn.Linear(self.feat_dim, int(c["embed_dim"]))
+        self.rot_head = nn.Linear(self.pool_dim, 4)
+        self.contrast_head = mlp(self.pool_dim, int(c["embed_dim"]), int(c["embed_dim"]))
         self.recon_head = UpsampleHead(self.feat_dim, in_channels, models.encoder_stride(self.net_config))
         self.classes = list(c["structure_classes"] or [])
-        self.class_head = nn.Linear(self.feat_dim, len(self.classes)) if self.classes else None
+        self.class_head = nn.Linear(self.pool_dim, len(self.classes)) if self.classes else None
 
     def _labels(self, meta: dict[str, Any] | None, b: int, dev) -> torch.Tensor | None:
         names = (meta or {}).get("structure")
@@ -78,7 +78,7 @@ class SwinMultiTask(StrategyBase):
             ins.append(torch.where(m, torch.zeros_like(x), x))
         x_all, k_all = torch.cat(xs), torch.cat(ks)
         feat = models.encode(self.encoder_net, torch.cat(ins), self.backbone)
-        pooled = feat.float().mean(dim=(2, 3, 4))
+        pooled = pool_features(feat)
         rot = F.cross_entropy(self.rot_head(pooled), k_all)
         z = self.contrast_head(pooled)
         z1, z2 = z.chunk(2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -234,8 +235,6 @@ def _remove_stale(out_dir: Path, written: set[Path]) -> None:
         for p in folder.iterdir():
             if p.name.startswith(prefixes) and p.resolve() not in written:
                 if p.is_dir():
-                    import shutil
-
                     shutil.rmtree(p)
                 else:
                     p.unlink()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import binary_dilation, gaussian_filter1d
 from scipy.spatial import cKDTree
 
 Array = np.ndarray
@@ -106,7 +106,8 @@ def render_blobs(scene: Scene, spacing, centres: Array, radii: Array, rotations:
     box = 2 * half + 1
     offs = [np.arange(-half[i], half[i] + 1) for i in range(3)]
     if kind == "plaque":
-        assert rng is not None
+        if rng is None:
+            raise ValueError("kind='plaque' needs an rng for its irregular outline")
         # irregular outline: per object, radial modulation by a few random cosine waves
         n_waves = 5
         wave_dir = random_directions(rng, n * n_waves).reshape(n, n_waves, 3)
@@ -272,8 +273,6 @@ def render_tubes(scene: Scene, spacing, curves: list[Curve], wall: float = 0.0) 
     cb = np.clip(np.floor(vox / block).astype(int), 0, cshape - 1)
     coarse = np.zeros(tuple(cshape), bool)
     coarse[cb[:, 0], cb[:, 1], cb[:, 2]] = True
-    from scipy.ndimage import binary_dilation
-
     coarse = binary_dilation(coarse, np.ones((3, 3, 3), bool))
     fine = coarse.repeat(block[0], 0).repeat(block[1], 1).repeat(block[2], 2)
     fine = fine[: shape[0], : shape[1], : shape[2]]
