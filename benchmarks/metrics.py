@@ -7,9 +7,9 @@ References, measured in the same run:
   (connected components, naive IoU ≥ 0.3 matching).
 Ours: each metric alone, and ``case_metrics`` (all eight columns, work shared). The "full set"
 ratio compares ``case_metrics`` with the sum of the references for dice + Betti + clDice + PQ.
-Peak memory of ``case_metrics`` is the ru_maxrss of a fresh subprocess that loads the two
-masks and scores them ("peak", inputs and interpreter included); "base" is the same process's
-ru_maxrss after imports and loading, before scoring.
+Peak memory of ``case_metrics`` is the VmHWM of a fresh subprocess that loads the two masks and
+scores them ("peak", inputs and interpreter included); "base" is the same process's VmHWM after
+imports and loading, before scoring.
 
     python benchmarks/metrics.py            # 200³ c-Fos-like, 200³ vessel-like, 512³ vessel-like
     python benchmarks/metrics.py --quick    # 96³ cases only (smoke test)
@@ -157,17 +157,22 @@ def same(a, b) -> bool:
 
 
 def peak_rss_mib(p: np.ndarray, g: np.ndarray, protocol: str) -> float:
-    """ru_maxrss (MiB) of a fresh process that loads p, g and runs case_metrics."""
+    """(before, after) peak resident memory (MiB) of a fresh process that loads p, g and runs case_metrics."""
     with tempfile.TemporaryDirectory() as d:
         np.save(Path(d) / "p.npy", p)
         np.save(Path(d) / "g.npy", g)
+        # VmHWM (not ru_maxrss, which Linux carries over from the forking parent) after exec
         code = (
-            "import resource, numpy as np, sys\n"
+            "import numpy as np, sys\n"
+            "def hwm():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'):\n"
+            "            return int(line.split()[1])\n"
             "from selma3d.metrics import case_metrics\n"
             f"p = np.load({str(Path(d) / 'p.npy')!r}); g = np.load({str(Path(d) / 'g.npy')!r})\n"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "base = hwm()\n"
             f"case_metrics(p, g, {protocol!r})\n"
-            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "print(base, hwm())\n"
         )
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     base, peak = (int(v) / 1024.0 for v in out.stdout.strip().splitlines()[-1].split())

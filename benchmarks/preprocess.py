@@ -49,10 +49,13 @@ def generate(folder: Path, size_gib: float, plane: int = 2048, seed: int = 0, wo
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.ogrid[:plane, :plane]
     r2 = (((yy - plane / 2) / (0.42 * plane)) ** 2 + ((xx - plane / 2) / (0.47 * plane)) ** 2).astype(np.float32)
+    from scipy.ndimage import zoom
+
     bases = []
     for _ in range(4):
         background = rng.normal(110, 12, (plane, plane))
-        tissue = 260 + rng.gamma(2.0, 90.0, (plane, plane))
+        regions = zoom(rng.random((16, 16)), plane / 16, order=1)[:plane, :plane]  # brain regions
+        tissue = 200 + 900 * regions + rng.gamma(2.0, 60.0, (plane, plane))
         spots = rng.random((plane, plane)) < 0.002
         tissue[spots] += rng.uniform(1500, 20000, spots.sum())
         bases.append((background.clip(0, 65535).astype(np.uint16), tissue.clip(0, 65535).astype(np.uint16)))
@@ -73,6 +76,12 @@ def generate(folder: Path, size_gib: float, plane: int = 2048, seed: int = 0, wo
 
 def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads: steadier than wall time on a shared machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def child_streaming(src: Path, out: Path, direct: bool, workers: int) -> dict:
@@ -97,7 +106,7 @@ def child_streaming(src: Path, out: Path, direct: bool, workers: int) -> dict:
     times["patchify"] = time.perf_counter() - t2
     times["total"] = time.perf_counter() - t
     return {"times": times, "patches": int(len(df)), "background": int(df["background"].sum()),
-            "peak_rss_gib": _rss_gib()}
+            "peak_rss_gib": _rss_gib(), "cpu_s": _cpu_s()}
 
 
 def child_naive(src: Path, out: Path) -> dict:
@@ -125,7 +134,7 @@ def child_naive(src: Path, out: Path) -> dict:
     np.save(out / "patches.npy", np.stack(keep))
     t_end = time.perf_counter()
     return {"times": {"read": t_read - t, "rescale": t_rescale - t_read, "cut": t_end - t_rescale, "total": t_end - t},
-            "patches": len(keep), "background": n_bg, "peak_rss_gib": _rss_gib()}
+            "patches": len(keep), "background": n_bg, "peak_rss_gib": _rss_gib(), "cpu_s": _cpu_s()}
 
 
 def run_child(kind: str, src: Path, out: Path, workers: int) -> dict:
@@ -192,17 +201,18 @@ def main(argv=None) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     print()
-    print(f"{'volume':>16} {'approach':>10} {'time s':>8} {'GB/s raw':>9} {'peak RSS GiB':>13} "
-          f"{'patches':>8}  stages (s)")
+    print(f"{'volume':>10} {'approach':>10} {'time s':>8} {'GB/s raw':>9} {'CPU s':>7} {'CPU s/GB':>9} "
+          f"{'peak RSS GiB':>13} {'patches':>8}  stages (s)")
     for r in rows:
         vol = f"{r['raw_bytes'] / GiB:.1f} GiB"
         if "error" in r:
-            print(f"{vol:>16} {r['kind']:>10}  failed: {r['error']}")
+            print(f"{vol:>10} {r['kind']:>10}  failed: {r['error']}")
             continue
         t = r["times"]["total"]
         stages = " ".join(f"{k}={v:.1f}" for k, v in r["times"].items() if k != "total")
-        print(f"{vol:>16} {r['kind']:>10} {t:8.1f} {r['raw_bytes'] / t / 1e9:9.2f} {r['peak_rss_gib']:13.2f} "
-              f"{r['patches']:8d}  {stages}")
+        cpu = r.get("cpu_s", float("nan"))
+        print(f"{vol:>10} {r['kind']:>10} {t:8.1f} {r['raw_bytes'] / t / 1e9:9.2f} {cpu:7.1f} "
+              f"{cpu / (r['raw_bytes'] / 1e9):9.2f} {r['peak_rss_gib']:13.2f} {r['patches']:8d}  {stages}")
     small = {r["kind"]: r for r in rows if r.get("size") == "small" and "error" not in r}
     if "naive" in small:
         print()

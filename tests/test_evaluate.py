@@ -146,3 +146,22 @@ def test_cli_missing_policy(folders, tmp_path):
     df = pd.read_csv(out).set_index("case")
     assert df.loc["cfos_neuron_patch_001", "dice"] == 0.0
     assert math.isclose(df.loc["cfos_neuron_patch_001", "cldice"], 1.0)
+
+
+def test_evaluate_manifest_split(tmp_path):
+    from selma3d.manifest import write_manifest
+
+    g = _blob()
+    write_nifti(tmp_path / "data" / "img.nii.gz", g)
+    write_nifti(tmp_path / "data" / "lab.nii.gz", g)
+    rows = [
+        {"case": "p1", "role": "image", "split": "test", "structure": "blood_vessel", "category": "contiguous_dense",
+         "spacing_um": "1,1,1", "path": str(tmp_path / "data" / "img.nii.gz")},
+        {"case": "p1", "role": "label", "split": "test", "structure": "blood_vessel", "category": "contiguous_dense",
+         "spacing_um": "1,1,1", "path": str(tmp_path / "data" / "lab.nii.gz")},
+    ]
+    manifest = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    write_nifti(tmp_path / "pred" / "p1.nii.gz", g)
+    out = tmp_path / "eval" / "cases.csv"
+    df = E.evaluate_manifest_split(tmp_path / "pred", manifest, "selma3d2026", out)
+    assert out.exists() and df.loc[0, "category"] == "contiguous_dense" and df.loc[0, "dice"] == 1.0

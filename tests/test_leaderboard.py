@@ -123,3 +123,25 @@ def test_nan_count_is_reported(cases, tmp_path):
     extra = pd.DataFrame([_row("C", 1, "contiguous_sparse", 0.3, 0.2, "axonalmarker_2")])
     paths = L.write_leaderboard({"selma3d2026": pd.concat([cases, extra])}, tmp_path)
     assert "20.00 [1 NaN]" in paths[0].read_text()
+
+
+def test_collect_eval_tables_and_snakemake_style_outputs(cases, tmp_path):
+    from types import SimpleNamespace
+
+    paths = []
+    for (strategy, seed), sub in cases.assign(seed=0).groupby(["strategy", "seed"]):
+        p = tmp_path / "eval" / "selma3d2026" / strategy / "finetune" / f"b5_s{seed}.csv"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sub.drop(columns=["strategy", "mode", "budget", "seed"]).to_csv(p, index=False)
+        paths.append(p)
+    got = L.collect_eval_tables(paths)
+    assert set(got) == {"selma3d2026"}
+    df = got["selma3d2026"]
+    assert set(df["strategy"]) == {"A", "B", "C"} and set(df["budget"]) == {5} and set(df["seed"]) == {0}
+    out = SimpleNamespace(markdown=tmp_path / "lb.md", csv=tmp_path / "lb.csv", latex=tmp_path / "lb.tex",
+                          cases=tmp_path / "cases.csv")
+    written = L.write_leaderboard(got, out)
+    assert all(p.exists() for p in written) and len(written) == 4
+    assert set(pd.read_csv(out.cases)["protocol"]) == {"selma3d2026"}
+    with pytest.raises(InputError, match="b\\{budget\\}"):
+        L.collect_eval_tables([tmp_path / "eval" / "selma3d2026" / "A" / "finetune" / "x.csv"])

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -64,3 +65,69 @@ def test_finetuning_a_strategy_that_is_not_pretrained_is_refused(tmp_path):
                     f"results_dir={tmp_path}")
     assert res.returncode != 0
     assert "dino" in res.stderr + res.stdout
+
+
+TINY = {
+    "dataset": {"synthetic": {
+        "unannotated": [{"structure": "cfos_neuron", "count": 1, "shape": [32, 64, 64]},
+                        {"structure": "blood_vessel", "count": 1, "shape": [32, 64, 64]}],
+        "patch_shape": [16, 32, 32],
+        "train": {"cfos_neuron": 2, "blood_vessel": 2},
+        "val": {"cfos_neuron": 1, "blood_vessel": 1},
+        "test": {"cfos_neuron": 1, "blood_vessel": 1, "microglia": 1},
+    }},
+    "preprocess": {"target_spacing_um": [4.0, 3.2, 3.2], "pyramid_levels": 2, "patch_size": 16,
+                   "intensity_threshold": "otsu", "min_foreground": 0.05},
+    "model": {"backbone": "unet", "patch_size": [16, 16, 16]},
+    "pretrain": {"strategies": ["mae"], "steps": 3, "batch_size": 2, "num_workers": 0,
+                 "mae": {"backbone": "unet"}},
+    "finetune": {"strategies": ["scratch", "mae"], "budgets": [1, "all"], "seeds": [0], "steps": 4,
+                 "val_every": 2, "batch_size": 2},
+    "evaluate": {"protocols": ["selma3d2026", "selma3d2024"], "workers": 1},
+}
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_gives_a_finite_leaderboard(tmp_path):
+    cfg = dict(TINY, results_dir=str(tmp_path / "results"))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
+                    "--configfile", str(tmp_path / "tiny.yaml"))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
+    out = tmp_path / "results"
+    board = pd.read_csv(out / "leaderboard" / "leaderboard.csv")
+    cases = pd.read_csv(out / "leaderboard" / "cases.csv")
+    assert set(cases.strategy) == {"scratch", "mae"} and set(cases.budget.astype(str)) == {"1", "all"}
+    assert set(cases.protocol) == {"selma3d2024", "selma3d2026"}
+    dice = cases["dice"].to_numpy()
+    assert np.isfinite(dice).all() and ((dice >= 0) & (dice <= 1)).all()
+    means = board.select_dtypes("number").to_numpy().ravel()
+    means = means[np.isfinite(means)]
+    assert means.size > 0
+    md = (out / "leaderboard" / "leaderboard.md").read_text()
+    assert "scratch" in md and "mae" in md
+    for fig in ("qualitative.png", "dice_vs_budget.png"):
+        assert (out / "figures" / fig).stat().st_size > 10_000
+    log = (out / "logs" / "finetune" / "mae" / "full" / "b1_s0.log").read_text()
+    assert "loaded" in log and "pretrained tensors" in log
+    # a second run has nothing to do: every output is complete and up to date
+    res = snakemake("all", "-n", "--nolock", "--configfile", str(tmp_path / "tiny.yaml"))
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
+    fast = {"results_dir": str(tmp_path / "r"),
+            "pretrain": {"steps": 4, "batch_size": 2, "num_workers": 0},
+            "finetune": {"steps": 30, "val_every": 10, "batch_size": 2, "lr": 0.003}}
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
+    res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
+                    "--configfile", "config/real_cfos.yaml", str(tmp_path / "fast.yaml"))
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
+    out = tmp_path / "r"
+    assert len(list((out / "ingest").glob("*.zarr"))) == 8, "brain 695's eight raw patches are ingested"
+    cases = pd.read_csv(out / "leaderboard" / "cases.csv")
+    assert sorted(cases.case.unique()) == [f"cfos_neuron_753_{k}" for k in range(8)]
+    assert np.isfinite(cases.dice).all()
+    log = (out / "logs" / "finetune" / "scratch" / "full" / "ball_s0.log").read_text()
+    assert "val Dice" in log and "8 cases" in log

@@ -24,6 +24,7 @@ once that keeps z no coarser than the new in-plane spacing (near-isotropic data)
 from __future__ import annotations
 
 import math
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,11 @@ import numpy as np
 from .atomic import atomic_path
 from .ingest import DEFAULT_BLOCK_BYTES, _progress, plan_blocks, prefetch
 from .io import case_name, open_reader
-from .zarrstore import create_ome_zarr, zarr_workers
+from .zarrstore import ChunkIO, create_ome_zarr, write_block, zarr_workers
 
 METHODS = ("auto", "mean", "gaussian")
 _INT_TOL = 1e-6
+_PARALLEL_MIN = 1 << 22  # voxels; smaller blocks are not worth a thread hand-off
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,6 +150,19 @@ def _apply_into(out: np.ndarray, a: np.ndarray, idx: np.ndarray, w: np.ndarray, 
     step = int(idx[1, 0] - idx[0, 0]) if R > 1 else 1
     bshape = [1] * a.ndim
     bshape[axis] = R
+    if regular and T > 1 and a.dtype.kind in "ui" and a.dtype.itemsize <= 2 and np.all(w[0] == w[0, 0]):
+        # block mean of 8/16-bit data: exact integer sum, one scaling (about 1.5x faster)
+        acc = None
+        for t in range(T):
+            sl = [slice(None)] * a.ndim
+            start = int(idx[0, t])
+            sl[axis] = slice(start, start + step * (R - 1) + 1, step)
+            if acc is None:
+                acc = a[tuple(sl)].astype(np.int32 if a.dtype.kind == "i" else np.uint32)
+            else:
+                acc += a[tuple(sl)]
+        np.multiply(acc, w[0, 0], out=out, dtype=np.float32, casting="unsafe")
+        return
     tmp = np.empty(out.shape, np.float32) if T > 1 else None
     for t in range(T):
         if regular:
@@ -164,11 +179,12 @@ def _apply_into(out: np.ndarray, a: np.ndarray, idx: np.ndarray, w: np.ndarray, 
 
 
 def apply_op(a: np.ndarray, op: AxisOp, axis: int, r0: int = 0, r1: int | None = None,
-             offset: int = 0) -> np.ndarray:
+             offset: int = 0, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """Output rows ``r0:r1`` of ``op`` along ``axis`` of ``a``, whose row 0 is input row
     ``offset``. Returns float32. Each output value is computed by the same arithmetic (same
     weights, same order) whichever rows are asked for, so streamed and whole-array results
-    are bit-identical."""
+    are bit-identical. With a ``pool``, large blocks are split across its threads along
+    another axis (numpy releases the GIL in these loops)."""
     r1 = op.n_out if r1 is None else r1
     idx = op.idx[r0:r1] - offset
     w = op.w[r0:r1]
@@ -187,11 +203,29 @@ def apply_op(a: np.ndarray, op: AxisOp, axis: int, r0: int = 0, r1: int | None =
         return out
     # a block mean with a partial last block is regular except for its last row
     split = R if _is_regular(idx, w) or R == 1 else (R - 1 if _is_regular(idx[:-1], w[:-1]) else 0)
+    jobs = []
     for lo, hi in ((0, split), (split, R)):
         if hi > lo:
             sl = [slice(None)] * a.ndim
             sl[axis] = slice(lo, hi)
-            _apply_into(out[tuple(sl)], a, idx[lo:hi], w[lo:hi], axis)
+            jobs.append((tuple(sl), idx[lo:hi], w[lo:hi]))
+    other = 0 if axis != 0 else 1
+    n_threads = getattr(pool, "_max_workers", 1) if pool is not None else 1
+    if n_threads > 1 and a.size >= _PARALLEL_MIN and a.shape[other] >= n_threads:
+        bounds = np.linspace(0, a.shape[other], n_threads + 1).astype(int)
+        tasks = []
+        for sl, ii, ww in jobs:
+            for b0, b1 in zip(bounds[:-1], bounds[1:]):
+                part = [slice(None)] * a.ndim
+                part[other] = slice(b0, b1)
+                dst = list(sl)
+                dst[other] = slice(b0, b1)
+                tasks.append(pool.submit(_apply_into, out[tuple(dst)], a[tuple(part)], ii, ww, axis))
+        for t in tasks:
+            t.result()
+    else:
+        for sl, ii, ww in jobs:
+            _apply_into(out[sl], a, ii, ww, axis)
     return out
 
 
@@ -200,8 +234,8 @@ class AxisStream:
     emitting each output row as soon as its input band is complete and dropping input rows no
     longer needed (the halo is all that is kept)."""
 
-    def __init__(self, op: AxisOp, axis: int):
-        self.op, self.axis = op, axis
+    def __init__(self, op: AxisOp, axis: int, pool: ThreadPoolExecutor | None = None):
+        self.op, self.axis, self.pool = op, axis, pool
         self.buf: np.ndarray | None = None
         self.buf_start = 0
         self.received = 0
@@ -216,7 +250,7 @@ class AxisStream:
         ready = int(np.searchsorted(self.op.hi, self.received, side="right"))
         if ready <= self.emitted:
             return None
-        out = apply_op(self.buf, self.op, self.axis, self.emitted, ready, self.buf_start)
+        out = apply_op(self.buf, self.op, self.axis, self.emitted, ready, self.buf_start, self.pool)
         self.emitted = ready
         keep = int(self.op.keep_from[ready]) if ready < self.op.n_out else self.received
         drop = max(0, keep - self.buf_start)
@@ -318,8 +352,9 @@ class _LevelWriter:
     """Collects finished planes of one level and writes whole z-chunks in a background thread
     (one write in flight, so memory stays bounded)."""
 
-    def __init__(self, array, pool: ThreadPoolExecutor):
+    def __init__(self, array, pool: ThreadPoolExecutor, workers: int = 2):
         self.array, self.pool = array, pool
+        self.fast = ChunkIO.for_array(array, workers)
         self.cz = int(array.chunks[0])
         self.parts: list[np.ndarray] = []
         self.buffered = 0
@@ -341,12 +376,14 @@ class _LevelWriter:
         self.buffered = rest.shape[0]
         self.wait()
         z0 = self.z
-        self.pending = self.pool.submit(self.array.__setitem__, (slice(z0, z0 + n),), head)
+        self.pending = self.pool.submit(write_block, self.array, self.fast, (z0, 0, 0), head)
         self.z += n
 
     def finish(self) -> None:
         self._flush(self.buffered)
         self.wait()
+        if self.fast is not None:
+            self.fast.close()
         if self.z != self.array.shape[0]:
             raise RuntimeError(f"level {self.array.path}: wrote {self.z} of {self.array.shape[0]} planes")
 
@@ -359,9 +396,9 @@ class _LevelWriter:
 class _PyramidStream:
     """Level 0 planes in, every level written: each level's finished planes feed the next."""
 
-    def __init__(self, plan: list[Level], arrays: list, dtype, pool: ThreadPoolExecutor):
+    def __init__(self, plan: list[Level], arrays: list, dtype, pool: ThreadPoolExecutor, workers: int = 2):
         self.plan, self.dtype = plan, np.dtype(dtype)
-        self.writers = [_LevelWriter(a, pool) for a in arrays]
+        self.writers = [_LevelWriter(a, pool, workers) for a in arrays]
         self.ops = [None] + [_level_ops(plan[k], plan[k - 1].shape, "mean") for k in range(1, len(plan))]
         self.zstreams = [None] + [AxisStream(ops[0], 0) for ops in self.ops[1:]]
 
@@ -379,6 +416,12 @@ class _PyramidStream:
     def finish(self) -> None:
         for w in self.writers:
             w.finish()
+
+    def close(self) -> None:
+        """Release the writers' threads (also after a failure)."""
+        for w in self.writers:
+            if w.fast is not None:
+                w.fast.close()
 
 
 def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Sequence[float], levels: int = 3,
@@ -405,6 +448,9 @@ def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Seq
     out_ome_zarr = Path(out_ome_zarr)
     reader = open_reader(in_store, spacing=spacing, workers=workers)
     try:
+        if reader.spacing_source == "default":
+            warnings.warn(f"{reader.path}: no voxel size in the input and none given; assuming (1, 1, 1) µm, "
+                          "so the factors may be wrong", stacklevel=2)
         plan = plan_pyramid(reader.shape, reader.spacing, target_spacing_um, levels, method)
         ops0 = [axis_op(n, f, method) for n, f in zip(reader.shape, plan[0].factors)]
         Z, Y, X = reader.shape
@@ -427,32 +473,36 @@ def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Seq
         with atomic_path(out_ome_zarr) as tmp, zarr_workers(workers), \
                 ThreadPoolExecutor(1, thread_name_prefix="ds-read") as rpool, \
                 ThreadPoolExecutor(1, thread_name_prefix="ds-write") as wpool, \
+                ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="ds-compute") as cpool, \
                 _progress(reader.nbytes, f"downsample {name}", progress) as bar:
             arrays = create_ome_zarr(tmp, [lv.shape for lv in plan], reader.dtype, chunks,
                                      [lv.spacing for lv in plan], [lv.translation for lv in plan],
                                      name=name, compressor=compressor, clevel=clevel, ngff_version=ngff_version,
                                      method="mean" if set(plan[0].methods) <= {"mean", "identity"} else "gaussian",
                                      method_metadata=method_meta, attributes={"selma3d": meta})
-            pyramid = _PyramidStream(plan, arrays, reader.dtype, wpool)
-            zstream = AxisStream(ops0[0], 0)
-            ystream = None
-            parts: list[np.ndarray] = []
-            for (z0, z1, y0, y1), block in prefetch(reader, blocks, rpool):
-                if y0 == 0:
-                    ystream, parts = AxisStream(ops0[1], 1), []
-                got = ystream.push(apply_op(block, ops0[2], 2))
-                if got is not None:
-                    parts.append(got)
-                bar.update(block.nbytes)
-                del block
-                if y1 == Y:
-                    slab = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-                    parts = []
-                    planes = zstream.push(slab)
-                    del slab
-                    if planes is not None:
-                        pyramid.push(0, planes)
-            pyramid.finish()
+            pyramid = _PyramidStream(plan, arrays, reader.dtype, wpool, workers)
+            try:
+                zstream = AxisStream(ops0[0], 0)
+                ystream = None
+                parts: list[np.ndarray] = []
+                for (z0, z1, y0, y1), block in prefetch(reader, blocks, rpool):
+                    if y0 == 0:  # a new z-slab: its y-bands stream through a fresh y operator
+                        ystream, parts = AxisStream(ops0[1], 1, cpool), []
+                    got = ystream.push(apply_op(block, ops0[2], 2, pool=cpool))
+                    if got is not None:
+                        parts.append(got)
+                    bar.update(block.nbytes)
+                    del block
+                    if y1 == Y:
+                        slab = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+                        parts = []
+                        planes = zstream.push(slab)
+                        del slab
+                        if planes is not None:
+                            pyramid.push(0, planes)
+                pyramid.finish()
+            finally:
+                pyramid.close()
     finally:
         if reader is not in_store:
             reader.close()

@@ -229,6 +229,31 @@ def write_json(obj: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol: str, out_cases: str | Path,
+                            workers: int = 1, ignore_label: int | None = None, split: str = "test",
+                            missing: str = "error") -> pd.DataFrame:
+    """Score ``<case>.*`` predictions in ``pred_dir`` against a manifest split's labels; write the CSV.
+
+    Structure and category come from the manifest rows, so file names need no prefix.
+    """
+    from .manifest import annotated_pairs, read_manifest
+
+    pairs_df = annotated_pairs(read_manifest(manifest), split)
+    if pairs_df.empty:
+        raise InputError(manifest, f"annotated image/label rows in split {split!r}", "none")
+    preds = list_cases(pred_dir)
+    categories = {r.case: (str(r.structure), str(r.category)) for r in pairs_df.itertuples()}
+    extra = sorted(set(preds) - set(categories))
+    if extra:
+        warnings.warn(f"{pred_dir}: {len(extra)} prediction(s) not in split {split!r} skipped: {extra[:10]}",
+                      stacklevel=2)
+    pairs = [(r.case, preds.get(r.case), Path(r.label)) for r in pairs_df.itertuples()]
+    df = evaluate_pairs(pairs, protocol, categories=categories, workers=workers, ignore_label=ignore_label,
+                        missing=missing, progress=False)
+    write_cases(df, out_cases)
+    return df
+
+
 # ------------------------------------------------------------------------------- CLI
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .io import VolumeReader, case_name, open_reader
-from .zarrstore import create_ome_zarr, zarr_workers
+from .zarrstore import ChunkIO, create_ome_zarr, write_block, zarr_workers
 
 DEFAULT_BLOCK_BYTES = 128 << 20
 
@@ -111,9 +111,14 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
             (arr,) = create_ome_zarr(tmp, [reader.shape], reader.dtype, chunks, [reader.spacing], None,
                                      name=name, compressor=compressor, clevel=clevel,
                                      ngff_version=ngff_version, attributes=attrs)
-            for (z0, z1, y0, y1), data in prefetch(reader, blocks, pool):
-                arr[z0:z1, y0:y1, :] = data
-                bar.update(data.nbytes)
+            fast = ChunkIO.for_array(arr, workers)
+            try:
+                for (z0, z1, y0, y1), data in prefetch(reader, blocks, pool):
+                    write_block(arr, fast, (z0, y0, 0), data)
+                    bar.update(data.nbytes)
+            finally:
+                if fast is not None:
+                    fast.close()
     finally:
         if reader is not source:
             reader.close()

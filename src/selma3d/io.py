@@ -4,6 +4,11 @@ Every array leaves this module as (z, y, x) with a voxel size (z, y, x) in µm. 
 converted *without reorientation*: the array equals SimpleITK's ``GetArrayFromImage`` (nibabel's
 data transposed (2, 1, 0)), as the official SELMA3D evaluators see it; the affine is kept so
 predictions can be written back with the input's geometry.
+
+Volumes too large for memory are read through :func:`open_reader`, which returns a
+:class:`VolumeReader` (``shape``, ``dtype``, ``spacing``, ``read_slab(z0, z1)``,
+``read_block(...)``) for TIFF slice folders, multi-page TIFF, NIfTI, MHA/NRRD and (OME-)Zarr.
+Readers validate as they open (slice headers, numbering, shapes, dtypes) and reject NaN/inf.
 """
 
 from __future__ import annotations
@@ -678,7 +683,7 @@ def open_reader(source, spacing=None, workers: int = 2, level: int = 0) -> Volum
                               or (path / "zarr.json").exists() or (path / ".zarray").exists()):
             from .zarrstore import ZarrReader
 
-            reader = ZarrReader(path, level=level)
+            reader = ZarrReader(path, level=level, workers=workers)
         elif path.is_dir():
             reader = TiffSeriesReader(path, workers=workers)
         elif lower.endswith(NIFTI_SUFFIXES):

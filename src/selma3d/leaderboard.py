@@ -323,13 +323,55 @@ def render_latex(table: pd.DataFrame, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def write_leaderboard(cases_by_protocol: dict[str, pd.DataFrame], out_dir: str | Path) -> list[Path]:
+def collect_eval_tables(paths) -> dict[str, pd.DataFrame]:
+    """Per-case CSVs named ``.../{protocol}/{strategy}/{mode}/b{budget}_s{seed}.csv`` -> {protocol: cases}.
+
+    The run columns (strategy, mode, budget, seed) are taken from the path.
+    """
+    import re
+
+    pattern = re.compile(r"^b(?P<budget>[^_/]+)_s(?P<seed>[^_/]+)\.csv$")
+    parts: dict[str, list[pd.DataFrame]] = {}
+    for path in map(Path, paths):
+        m = pattern.match(path.name)
+        protocol, strategy, mode = path.parts[-4], path.parts[-3], path.parts[-2]
+        if m is None or protocol not in PROTOCOLS:
+            raise InputError(path, "a path .../{protocol}/{strategy}/{mode}/b{budget}_s{seed}.csv", path.as_posix())
+        df = pd.read_csv(path)
+        _check_columns(df, ("case", "structure", "category") + METRIC_COLUMNS, str(path))
+        budget, seed = _maybe_int(m["budget"]), _maybe_int(m["seed"])
+        df.insert(0, "seed", seed)
+        df.insert(0, "budget", budget)
+        df.insert(0, "mode", mode)
+        df.insert(0, "strategy", strategy)
+        parts.setdefault(protocol, []).append(df)
+    if not parts:
+        raise InputError(None, "at least one per-case table", "none")
+    return {p: pd.concat(v, ignore_index=True) for p, v in parts.items()}
+
+
+def _maybe_int(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def write_leaderboard(cases_by_protocol: dict[str, pd.DataFrame], out) -> list[Path]:
     """Write leaderboard.md, leaderboard.csv and leaderboard.tex (one table per protocol), atomically.
 
+    ``out`` is a folder, or an object with ``markdown``, ``csv``, ``latex`` (and optionally
+    ``cases``: all per-case rows with a ``protocol`` column) paths, e.g. Snakemake's output.
     The CSV is the long table of every run × group × metric (all metrics, not only the shown
     ones) with a ``protocol`` column and, for 2026, the run's ``final_rank``.
     """
-    out_dir = Path(out_dir)
+    if hasattr(out, "markdown"):
+        paths = [Path(out.markdown), Path(out.csv), Path(out.latex)]
+        cases_path = Path(out.cases) if getattr(out, "cases", None) else None
+    else:
+        out_dir = Path(out)
+        paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.tex"]
+        cases_path = None
     if not cases_by_protocol:
         raise InputError(None, "per-case tables for at least one protocol", "none")
     md, tex, csv_parts = ["# SELMA3D leaderboard", ""], [], []
@@ -346,11 +388,15 @@ def write_leaderboard(cases_by_protocol: dict[str, pd.DataFrame], out_dir: str |
         ranks = _ranks_for(table, protocol)
         part["final_rank"] = [ranks.get(tuple(r), math.nan) for r in part[list(RUN_KEYS)].itertuples(index=False)]
         csv_parts.append(part)
-    paths = [out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.tex"]
     with atomic_path(paths[0]) as tmp:
         tmp.write_text("\n".join(md), encoding="utf-8")
     with atomic_path(paths[1]) as tmp:
         pd.concat(csv_parts, ignore_index=True).to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(paths[2]) as tmp:
         tmp.write_text("\n".join(tex), encoding="utf-8")
+    if cases_path is not None:
+        all_cases = pd.concat([df.assign(protocol=p) for p, df in sorted(cases_by_protocol.items())], ignore_index=True)
+        with atomic_path(cases_path) as tmp:
+            all_cases.to_csv(tmp, index=False, float_format="%.10g")
+        paths.append(cases_path)
     return paths

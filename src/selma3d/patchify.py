@@ -27,7 +27,7 @@ from .atomic import atomic_path
 from .errors import InputError
 from .ingest import _progress
 from .io import VolumeReader, case_name, open_reader
-from .zarrstore import blosc_codec, zarr_workers
+from .zarrstore import ChunkIO, blosc_codec, write_block, zarr_workers
 
 INDEX_COLUMNS = ["volume", "structure", "category", "spacing_um", "patch", "z", "y", "x",
                  "foreground_fraction", "background", "store", "level"]
@@ -146,35 +146,40 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
         arr = zarr.create_array(str(tmp), shape=(n_grid, pz, py, px), chunks=(1, pz, py, px), dtype=reader.dtype,
                                 fill_value=0, compressors=blosc_codec(compressor, clevel),
                                 dimension_names=("patch", "z", "y", "x"), attributes=attrs)
-        n = 0
-        for z0 in zs:
-            slab = reader.read_slab(z0, z0 + pz)
-            bar.update(slab.nbytes)
-            keep = []
-            for y0 in ys:
-                # foreground fraction of every cube in this row of patches at once
-                band = slab[:, y0:y0 + py] > threshold
-                for x0 in xs:
-                    frac = float(np.count_nonzero(band[:, :, x0:x0 + px])) / (pz * py * px)
-                    if frac >= min_foreground:
-                        keep.append((y0, x0))
-                        fg_rows.append((z0, y0, x0, frac))
-                    else:
-                        rejected.append((z0, y0, x0, frac))
-            if keep:
-                cubes = np.stack([slab[:, y0:y0 + py, x0:x0 + px] for y0, x0 in keep])
-                arr[n:n + len(keep)] = cubes
-                n += len(keep)
-            del slab
-        rng = np.random.default_rng(seed)
-        n_bg = int(math.floor(background_share * len(rejected) + 0.5))
-        chosen = np.sort(rng.choice(len(rejected), size=n_bg, replace=False)) if n_bg else np.zeros(0, int)
-        bg_rows = [rejected[i] for i in chosen]
-        for start in range(0, len(bg_rows), 64):
-            batch = bg_rows[start:start + 64]
-            cubes = np.stack([reader.read_block(z0, z0 + pz, y0, y0 + py, x0, x0 + px) for z0, y0, x0, _ in batch])
-            arr[n:n + len(batch)] = cubes
-            n += len(batch)
+        fast = ChunkIO.for_array(arr, workers)
+        try:
+            n = 0
+            for z0 in zs:
+                slab = reader.read_slab(z0, z0 + pz)
+                bar.update(slab.nbytes)
+                keep = []
+                for y0 in ys:
+                    # one threshold pass per band of cubes, then a count per cube
+                    band = slab[:, y0:y0 + py] > threshold
+                    for x0 in xs:
+                        frac = float(np.count_nonzero(band[:, :, x0:x0 + px])) / (pz * py * px)
+                        if frac >= min_foreground:
+                            keep.append((y0, x0))
+                            fg_rows.append((z0, y0, x0, frac))
+                        else:
+                            rejected.append((z0, y0, x0, frac))
+                if keep:
+                    cubes = np.stack([slab[:, y0:y0 + py, x0:x0 + px] for y0, x0 in keep])
+                    write_block(arr, fast, (n, 0, 0, 0), cubes)
+                    n += len(keep)
+                del slab
+            rng = np.random.default_rng(seed)
+            n_bg = int(math.floor(background_share * len(rejected) + 0.5))
+            chosen = np.sort(rng.choice(len(rejected), size=n_bg, replace=False)) if n_bg else np.zeros(0, int)
+            bg_rows = [rejected[i] for i in chosen]
+            for start in range(0, len(bg_rows), 64):
+                batch = bg_rows[start:start + 64]
+                cubes = np.stack([reader.read_block(z0, z0 + pz, y0, y0 + py, x0, x0 + px) for z0, y0, x0, _ in batch])
+                write_block(arr, fast, (n, 0, 0, 0), cubes)
+                n += len(batch)
+        finally:
+            if fast is not None:
+                fast.close()
         arr.resize((n, pz, py, px))
         rows = [(z0, y0, x0, f, False) for z0, y0, x0, f in fg_rows] + [(z0, y0, x0, f, True) for z0, y0, x0, f in bg_rows]
         df = pd.DataFrame(rows, columns=["z", "y", "x", "foreground_fraction", "background"])

@@ -113,13 +113,141 @@ def _transform(transforms: list, kind: str) -> list[float] | None:
     return None
 
 
+class ChunkIO:
+    """Whole-chunk reads and writes of a local zarr v3 array, done with numcodecs Blosc in a
+    thread pool and plain file I/O.
+
+    The bytes on disk are what zarr itself writes (a Blosc frame per full-size chunk under the
+    array's chunk keys), and zarr reads them back (tests check both directions). It exists
+    because zarr's async codec pipeline ran at about half the speed of the same Blosc calls on
+    this 2-core machine for large aligned blocks; anything unaligned goes through zarr.
+    """
+
+    def __init__(self, array, root: Path, workers: int = 2):
+        from concurrent.futures import ThreadPoolExecutor
+
+        import numcodecs
+
+        self.array = array
+        meta = array.metadata
+        self.dir = root / array.path if array.path else root
+        self.chunks = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.fill = self.dtype.type(array.fill_value)
+        blosc = meta.codecs[1] if len(meta.codecs) == 2 else None
+        if blosc is not None:
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(getattr(blosc.shuffle, "value", blosc.shuffle))]
+            self.codec = numcodecs.Blosc(cname=str(getattr(blosc.cname, "value", blosc.cname)), clevel=int(blosc.clevel),
+                                         shuffle=shuffle, blocksize=int(blosc.blocksize or 0))
+        else:
+            self.codec = None
+        self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="chunkio")
+
+    @classmethod
+    def for_array(cls, array, workers: int = 2) -> "ChunkIO | None":
+        """A ChunkIO when the array is a plain local zarr v3 array with [bytes(, blosc)] codecs
+        in C order, little-endian; otherwise None (use zarr)."""
+        try:
+            from zarr.codecs import BloscCodec, BytesCodec
+            from zarr.core.metadata import ArrayV3Metadata
+            from zarr.storage import LocalStore
+
+            meta = array.metadata
+            store = array.store_path.store
+            if not isinstance(meta, ArrayV3Metadata) or not isinstance(store, LocalStore):
+                return None
+            codecs = meta.codecs
+            if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 2:
+                return None
+            if len(codecs) == 2 and not isinstance(codecs[1], BloscCodec):
+                return None
+            endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+            if endian not in (None, "little") or np.dtype(array.dtype).byteorder == ">":
+                return None
+            if getattr(meta.chunk_grid, "chunk_shape", None) is None or array.order != "C":
+                return None
+            return cls(array, Path(store.root), workers)
+        except Exception:
+            return None
+
+    def aligned(self, starts: Sequence[int], stops: Sequence[int]) -> bool:
+        return all(a % c == 0 and (b % c == 0 or b == n)
+                   for a, b, c, n in zip(starts, stops, self.chunks, self.shape))
+
+    def _keys(self, starts, stops):
+        import itertools
+
+        return list(itertools.product(*[range(a // c, -(-b // c)) for a, b, c in zip(starts, stops, self.chunks)]))
+
+    def _path(self, key) -> Path:
+        return self.dir / self.array.metadata.encode_chunk_key(key)
+
+    def write(self, starts: Sequence[int], data: np.ndarray) -> None:
+        """Write ``data`` whose origin ``starts`` and extent are on the chunk grid."""
+        stops = [a + n for a, n in zip(starts, data.shape)]
+        if not self.aligned(starts, stops):
+            raise ValueError(f"block at {tuple(starts)} of shape {data.shape} is not chunk-aligned ({self.chunks})")
+
+        def put(key):
+            lo = [k * c for k, c in zip(key, self.chunks)]
+            part = data[tuple(slice(l - a, min(l + c, b) - a) for l, a, b, c in zip(lo, starts, stops, self.chunks))]
+            if part.shape != self.chunks:  # edge chunks are stored full-size, padded with the fill value
+                full = np.full(self.chunks, self.fill, self.dtype)
+                full[tuple(slice(0, n) for n in part.shape)] = part
+                part = full
+            buf = np.ascontiguousarray(part, dtype=self.dtype.newbyteorder("<"))
+            blob = self.codec.encode(buf) if self.codec is not None else buf.tobytes()
+            path = self._path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(blob)
+
+        list(self._pool.map(put, self._keys(starts, stops)))
+
+    def read(self, starts: Sequence[int], stops: Sequence[int]) -> np.ndarray:
+        """Read the chunk-aligned box ``starts:stops``; missing chunks read as the fill value."""
+        out = np.empty([b - a for a, b in zip(starts, stops)], self.dtype)
+
+        def get(key):
+            lo = [k * c for k, c in zip(key, self.chunks)]
+            dst = tuple(slice(l - a, min(l + c, b) - a) for l, a, b, c in zip(lo, starts, stops, self.chunks))
+            try:
+                with open(self._path(key), "rb") as fh:
+                    blob = fh.read()
+            except FileNotFoundError:
+                out[dst] = self.fill
+                return
+            chunk = np.empty(self.chunks, self.dtype.newbyteorder("<"))
+            if self.codec is not None:
+                self.codec.decode(blob, out=chunk)
+            else:
+                chunk.reshape(-1).view(np.uint8)[:] = np.frombuffer(blob, np.uint8)
+            out[dst] = chunk[tuple(slice(0, s.stop - s.start) for s in dst)]
+
+        list(self._pool.map(get, self._keys(starts, stops)))
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def write_block(array, fast: ChunkIO | None, starts: Sequence[int], data: np.ndarray) -> None:
+    """``array[starts : starts + data.shape] = data`` through ChunkIO when aligned."""
+    stops = [a + n for a, n in zip(starts, data.shape)]
+    if fast is not None and fast.aligned(starts, stops):
+        fast.write(starts, data)
+    else:
+        array[tuple(slice(a, b) for a, b in zip(starts, stops))] = data
+
+
 class ZarrReader(VolumeReader):
     """One level of an OME-Zarr image (or a plain zarr array) behind the reader interface.
 
     Reads are cheapest aligned to the chunk grid (``z_chunk``, ``row_chunk``).
     """
 
-    def __init__(self, path: str | Path, level: int = 0, spacing=None):
+    def __init__(self, path: str | Path, level: int = 0, spacing=None, workers: int = 2):
         import zarr
 
         self.path = Path(path)
@@ -169,9 +297,16 @@ class ZarrReader(VolumeReader):
             self.spacing, self.spacing_source = (1.0, 1.0, 1.0), "default"
         self.chunks = tuple(int(c) for c in self.array.chunks)
         self.z_chunk, self.row_chunk = self.chunks[0], self.chunks[1]
+        self._fast = ChunkIO.for_array(self.array, workers)
 
     def _read(self, z0, z1, y0, y1, x0, x1):
+        if self._fast is not None and self._fast.aligned((z0, y0, x0), (z1, y1, x1)):
+            return self._fast.read((z0, y0, x0), (z1, y1, x1))
         return np.asarray(self.array[z0:z1, y0:y1, x0:x1])
+
+    def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
 
 
 def read_zarr_volume(path: str | Path, level: int = 0) -> Volume:

@@ -1,4 +1,4 @@
-# Self-supervised pretraining, one job per strategy (GPU).
+# Self-supervised pretraining, one job per strategy (GPU; pretrain.gpus > 1: DDP via torchrun).
 
 
 rule pretrain:
@@ -22,10 +22,21 @@ rule pretrain:
         checkpoint_every=config["pretrain"]["checkpoint_every"],
         checkpoint_dir=lambda wc: f"{RESULTS}/checkpoints/pretrain/{wc.strategy}",
         precision=config["pretrain"]["precision"],
+        gpus=config["pretrain"]["gpus"],
+        speed={
+            k: config["pretrain"].get(k, default)
+            for k, default in (
+                ("shards", None),
+                ("channels_last", False),
+                ("compile", False),
+                ("pin_memory", None),
+            )
+        },
         seed=config["seed"],
         dataset_meta={"stain": DATASET["stain"], "organism": DATASET["organism"]},
     resources:
-        **gpu_resources("train"),
+        # gpus > 1: one SLURM task holding every GPU; torchrun starts one process per GPU
+        **{**gpu_resources("train"), "gpu": config["pretrain"]["gpus"], "tasks_per_gpu": 0},
     conda:
         "../../envs/torch.yaml"
     script:

@@ -14,4 +14,4 @@ from selma3d.synth import synthesize_dataset  # noqa: E402
 
 out = Path(snakemake.output.manifest)
 path = synthesize_dataset(out.parent, snakemake.params.synthetic, seed=snakemake.params.seed, progress=False)
-assert path == out, f"synthesizer wrote {path}, the rule expects {out}"
+assert Path(path).resolve() == out.resolve(), f"synthesizer wrote {path}, the rule expects {out}"

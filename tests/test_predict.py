@@ -1,0 +1,161 @@
+"""Whole-volume prediction: block-wise sliding windows equal MONAI's global sliding window,
+reads stay block-sized, and the output is a valid OME-Zarr pyramid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.inferers import sliding_window_inference
+
+from selma3d import io
+from selma3d.predict import Grid, Normalizer, predict_volume, volume_normalizer, window_starts
+
+
+def tiny_net(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.GELU(),
+                              torch.nn.Conv3d(4, 4, 3, padding=2, dilation=2), torch.nn.GELU(),
+                              torch.nn.Conv3d(4, 1, 1))
+    return net.eval()
+
+
+class CountingReader(io.ArrayReader):
+    """Remembers the largest block asked for."""
+
+    largest = 0
+    calls = 0
+
+    def _read(self, z0, z1, y0, y1, x0, x1):
+        self.largest = max(self.largest, (z1 - z0) * (y1 - y0) * (x1 - x0))
+        self.calls += 1
+        return super()._read(z0, z1, y0, y1, x0, x1)
+
+
+def volume(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    v = rng.gamma(2.0, 80.0, size=shape).astype(np.float32)
+    v[shape[0] // 3:, 5:15, 4:20] += 600  # some structure so the net output varies
+    return v.astype(np.uint16)
+
+
+def reference(net, data, roi, overlap, norm):
+    x = torch.from_numpy(norm(data))[None, None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian")
+    return torch.sigmoid(logits)[0, 0].numpy()
+
+
+@pytest.mark.parametrize("shape", [(37, 45, 52), (11, 40, 33)])  # the second is thinner than the window
+def test_window_grid_is_monais(shape):
+    roi = (16, 16, 16)
+    g = Grid.build(shape, roi, 0.25)
+    padded = [max(s, r) for s, r in zip(shape, roi)]
+    interval = [int(r * 0.75) if r != p else r for r, p in zip(roi, padded)]
+    monai = sorted(tuple(s.start for s in sl) for sl in dense_patch_slices(padded, roi, interval))
+    ours = sorted(tuple(int(v) for v in w) for w in __import__("itertools").product(*g.starts))
+    assert ours == monai
+    assert list(window_starts(10, 10, 0.5)) == [0]
+
+
+@pytest.mark.parametrize("shape,block", [((37, 45, 52), 16), ((11, 40, 33), 12)])
+def test_blockwise_equals_global_sliding_window(tmp_path, shape, block):
+    data = volume(shape)
+    net, roi, overlap = tiny_net(), (16, 16, 16), 0.25
+    reader = CountingReader(data, spacing=(4.0, 1.6, 1.6))
+    out = predict_volume(net, reader, tmp_path / "p.ome.zarr", roi, overlap=overlap, block=block, batch=3,
+                         probability=True, prob_dtype="float16", levels=2, device=torch.device("cpu"))
+    from selma3d.zarrstore import ZarrReader
+
+    got = ZarrReader(out).read_slab(0, shape[0]).astype(np.float32)
+    norm = volume_normalizer(io.ArrayReader(data), "percentile")
+    want = reference(net, data, roi, overlap, norm)
+    assert np.abs(got - want).max() < 1e-3  # float16 storage: 5e-4 at p ~ 1
+    # the reader was asked for halo'd blocks, never the volume
+    assert reader.largest < data.size or data.size <= (block + 2 * 16) ** 3
+    assert reader.largest <= np.prod([min(s, block + 2 * 16) for s in shape])
+
+
+def test_logits_match_monai_to_float_precision(tmp_path):
+    data = volume((30, 34, 41), seed=2)
+    net, roi = tiny_net(1), (16, 16, 16)
+    norm = volume_normalizer(io.ArrayReader(data), "zscore")
+    from selma3d.predict import BlockPredictor, iter_blocks
+
+    grid = Grid.build(data.shape, roi, 0.5)
+    bp = BlockPredictor(net, grid, torch.device("cpu"), batch=5)
+    got = np.zeros(data.shape, np.float32)
+    for b in iter_blocks(data.shape, 8):
+        box = bp.region(b)
+        region = bp.read_region(io.ArrayReader(data), box, norm)
+        got[tuple(slice(lo, hi) for lo, hi in b)] = bp.logits(b, box, region).numpy()
+    with torch.no_grad():
+        want = sliding_window_inference(torch.from_numpy(norm(data))[None, None], roi, 4, net, overlap=0.5,
+                                        mode="gaussian")[0, 0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_output_is_ome_zarr_with_pyramid(tmp_path):
+    import zarr
+
+    data = volume((33, 40, 36), seed=3)
+    net, roi = tiny_net(2), (16, 16, 16)
+    out = predict_volume(net, io.ArrayReader(data, spacing=(4.0, 1.6, 1.6)), tmp_path / "m.ome.zarr", roi,
+                         overlap=0.25, block=20, levels=2, threshold=0.5, device=torch.device("cpu"))
+    group = zarr.open_group(str(out), mode="r")
+    ms = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert all(a["unit"] == "micrometer" for a in ms["axes"])
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [8.0, 3.2, 3.2]
+    assert group.attrs["selma3d"]["kind"] == "mask"
+    level0 = np.asarray(group["0"])
+    assert level0.dtype == np.uint8 and set(np.unique(level0)) <= {0, 1}
+    assert group["1"].shape == (17, 20, 18) and group["2"].shape == (9, 10, 9)
+    norm = volume_normalizer(io.ArrayReader(data), "percentile")
+    want = reference(net, data, roi, 0.25, norm) > 0.5
+    assert (level0.astype(bool) != want).mean() < 1e-4  # voxels exactly at the threshold may flip
+    # level 1 is the 2x2x2 max of level 0
+    padded = np.pad(level0, [(0, s % 2) for s in level0.shape], mode="edge")
+    assert np.array_equal(np.asarray(group["1"]), padded.reshape(17, 2, 20, 2, 18, 2).max(axis=(1, 3, 5)))
+
+
+def test_normalisation_is_global_from_a_subsample():
+    data = volume((64, 48, 48), seed=4)
+    exact = volume_normalizer(io.ArrayReader(data), "percentile")
+    sub = volume_normalizer(io.ArrayReader(data), "percentile", max_voxels=20000)
+    assert abs(sub.a - exact.a) < 0.05 * (exact.b - exact.a)
+    assert abs(sub.b - exact.b) < 0.1 * (exact.b - exact.a)
+    from selma3d.normalize import percentile_scale
+
+    np.testing.assert_array_equal(exact(data), percentile_scale(data))
+    assert Normalizer("percentile", 1.0, 1.0)(data).max() == 0
+
+
+def test_cli_on_a_tiff_series_with_a_finetuned_checkpoint(tmp_path):
+    from selma3d.cli import main
+    from selma3d.models import build_segmentation_net
+
+    cfg = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4]}
+    torch.manual_seed(0)
+    net = build_segmentation_net(cfg)
+    torch.save({"config": cfg, "state_dict": net.state_dict(), "normalize": "percentile"}, tmp_path / "model.pt")
+    data = volume((36, 40, 34), seed=5)
+    io.write_tiff_series(tmp_path / "brain", data)
+    rc = main(["predict", "--model", str(tmp_path / "model.pt"), "--input", str(tmp_path / "brain"),
+               "--output", str(tmp_path / "pred.ome.zarr"), "--block", "24", "--overlap", "0.25", "--batch", "2",
+               "--probability", "--prob-dtype", "uint8", "--spacing", "4", "1.6", "1.6", "--device", "cpu"])
+    assert rc == 0
+    from selma3d.zarrstore import ZarrReader
+
+    r = ZarrReader(tmp_path / "pred.ome.zarr")
+    assert r.spacing == (4.0, 1.6, 1.6) and r.levels == 3 and r.dtype == np.uint8
+    net.eval()
+    want = reference(net, data, (32, 32, 32), 0.25, volume_normalizer(io.ArrayReader(data), "percentile"))
+    got = r.read_slab(0, 36).astype(np.float32) / 255
+    assert np.abs(got - want).max() <= 0.5 / 255 + 1e-3
+    attrs = json.loads(json.dumps(r.attrs))
+    assert attrs["selma3d"]["model"].endswith("model.pt")

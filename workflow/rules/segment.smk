@@ -1,0 +1,39 @@
+# Whole-volume segmentation: a finetuned model applied block-wise to whole brains (GPU).
+# Not part of `all`: run `snakemake segment_all` with segment.volumes and segment.runs set.
+
+SEGMENT = config.get("segment", {})
+
+
+localrules:
+    segment_all,
+
+
+rule segment_volume:
+    input:
+        model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
+        volume=lambda wc: SEGMENT["volumes"][wc.volume],
+    output:
+        prediction=directory(
+            f"{RESULTS}/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.ome.zarr"
+        ),
+    log:
+        f"{RESULTS}/logs/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.tsv"
+    params:
+        settings={k: v for k, v in SEGMENT.items() if k not in ("volumes", "runs")},
+    resources:
+        **gpu_resources("infer"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/segment_volume.py"
+
+
+rule segment_all:
+    input:
+        [
+            f"{RESULTS}/segment/{run}/{name}.ome.zarr"
+            for run in SEGMENT.get("runs", [])
+            for name in SEGMENT.get("volumes", {})
+        ],

@@ -1,0 +1,22 @@
+"""Rule segment_volume: block-wise sliding-window segmentation of one whole volume to OME-Zarr."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
+
+from selma3d.logs import setup_logging  # noqa: E402
+
+setup_logging()
+
+from selma3d.predict import predict_from_checkpoint  # noqa: E402
+from selma3d.runtime import configure_threads  # noqa: E402
+
+configure_threads()
+s = dict(snakemake.params.settings)
+predict_from_checkpoint(snakemake.input.model, snakemake.input.volume, snakemake.output.prediction,
+                        block=s.get("block", 256), overlap=s.get("overlap", 0.25), batch=s.get("batch", 8),
+                        probability=s.get("probability", False), prob_dtype=s.get("prob_dtype", "float16"),
+                        threshold=s.get("threshold", 0.5), levels=s.get("levels", 2),
+                        precision=s.get("precision", "auto"))
