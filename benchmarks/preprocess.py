@@ -5,10 +5,12 @@ Generates a synthetic whole-brain-like TIFF slice series (uint16, uncompressed: 
 tiled with shifts so generation is disk-bound), then runs each approach in its own child
 process and reports wall time, GB/s of raw input and peak RSS (``ru_maxrss`` of the child):
 
-* ``streaming``: :func:`selma3d.ingest.ingest_volume` (canonical zarr) ->
-  :func:`selma3d.downsample.downsample_volume` (3-level OME-Zarr) ->
+* ``staged``: :func:`selma3d.ingest.ingest_volume` (canonical full-resolution zarr) ->
+  :func:`selma3d.downsample.downsample_volume` (3-level OME-Zarr, read from that zarr) ->
   :func:`selma3d.patchify.patchify_volume` (one patch store + index).
-* ``direct``: the same without the full-resolution copy (downsample straight from the TIFFs).
+* ``fused``: ingest writes the full-resolution zarr and the pyramid in one pass
+  (``ingest_volume(..., pyramid=...)``), then patchify.
+* ``direct``: no full-resolution copy: downsample straight from the TIFFs, then patchify.
 * ``naive``: read the whole stack into memory (tifffile), ``skimage`` block-mean rescale,
   cut and filter patches with numpy, save one ``.npy`` of patches. Run on a volume the
   naive way can hold (``--naive-gib``, default 2); the streaming pipeline runs on it too, so
@@ -38,6 +40,7 @@ SOURCE_SPACING = (3.25, 1.625, 1.625)  # z, y, x µm (typical LSM: finer in-plan
 TARGET_SPACING = (6.5, 6.5, 6.5)  # isotropic level 0: factors (2, 4, 4)
 PATCH = 64
 GiB = 1 << 30
+KINDS = ["staged", "fused", "direct"]
 
 
 def generate(folder: Path, size_gib: float, plane: int = 2048, seed: int = 0, workers: int = 2) -> tuple:
@@ -84,22 +87,27 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def child_streaming(src: Path, out: Path, direct: bool, workers: int) -> dict:
+def child_streaming(src: Path, out: Path, kind: str, workers: int) -> dict:
     from selma3d.downsample import downsample_volume
     from selma3d.ingest import ingest_volume
     from selma3d.patchify import patchify_volume
 
     times = {}
     t = time.perf_counter()
-    if direct:
-        source = src
+    pyramid = out / "pyramid.ome.zarr"
+    if kind == "fused":  # full-resolution copy and pyramid in one pass
+        ingest_volume(src, out / "full.zarr", spacing=SOURCE_SPACING, workers=workers, progress=False,
+                      pyramid=pyramid, target_spacing_um=TARGET_SPACING, levels=3)
+        times["ingest+downsample"] = time.perf_counter() - t
     else:
-        source = ingest_volume(src, out / "full.zarr", spacing=SOURCE_SPACING, workers=workers, progress=False)
-        times["ingest"] = time.perf_counter() - t
-    t1 = time.perf_counter()
-    pyramid = downsample_volume(source, out / "pyramid.ome.zarr", TARGET_SPACING, levels=3, workers=workers,
-                                progress=False, spacing=SOURCE_SPACING)
-    times["downsample"] = time.perf_counter() - t1
+        source = src
+        if kind == "staged":
+            source = ingest_volume(src, out / "full.zarr", spacing=SOURCE_SPACING, workers=workers, progress=False)
+            times["ingest"] = time.perf_counter() - t
+        t1 = time.perf_counter()
+        downsample_volume(source, pyramid, TARGET_SPACING, levels=3, workers=workers, progress=False,
+                          spacing=SOURCE_SPACING)
+        times["downsample"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     df = patchify_volume(pyramid, out / "patches.zarr", out / "patches.csv", PATCH, level=0, min_foreground=0.1,
                          intensity_threshold=500, background_share=0.05, seed=0, progress=False, workers=workers)
@@ -158,8 +166,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
-    ap.add_argument("--no-direct", action="store_true", help="skip the direct (no full-res copy) variant")
-    ap.add_argument("--child", choices=["streaming", "direct", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"streaming variants to run (of {','.join(KINDS)})")
+    ap.add_argument("--child", choices=KINDS + ["naive"], help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -168,29 +176,30 @@ def main(argv=None) -> int:
         if args.child == "naive":
             result = child_naive(args.src, args.out)
         else:
-            result = child_streaming(args.src, args.out, args.child == "direct", args.workers)
+            result = child_streaming(args.src, args.out, args.child, args.workers)
         print(json.dumps(result))
         return 0
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="selma3d_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
+    kinds = [k for k in args.kinds.split(",") if k]
+    if any(k not in KINDS for k in kinds):
+        ap.error(f"--kinds: expected some of {KINDS}, found {args.kinds}")
     try:
         sizes = []
         if args.naive_gib > 0:
-            sizes.append(("small", args.naive_gib, ["streaming", "direct", "naive"]))
+            sizes.append(("small", args.naive_gib, kinds + ["naive"]))
         if args.size_gib > 0 and args.size_gib != args.naive_gib:
-            sizes.append(("large", args.size_gib, ["streaming", "direct"]))
-        for label, gib, kinds in sizes:
+            sizes.append(("large", args.size_gib, kinds))
+        for label, gib, kinds_here in sizes:
             src = work / f"tiff_{label}"
             t = time.perf_counter()
             shape = generate(src, gib, args.plane, workers=args.workers)
             raw = sum(f.stat().st_size for f in src.glob("*.tif"))
             print(f"# generated {label}: {shape} uint16, {raw / GiB:.2f} GiB in {time.perf_counter() - t:.1f} s",
                   flush=True)
-            for kind in kinds:
-                if kind == "direct" and args.no_direct:
-                    continue
+            for kind in kinds_here:
                 r = run_child(kind, src, work / f"out_{label}_{kind}", args.workers)
                 r.update(kind=kind, size=label, raw_bytes=raw, shape=list(shape))
                 rows.append(r)
@@ -216,7 +225,7 @@ def main(argv=None) -> int:
     small = {r["kind"]: r for r in rows if r.get("size") == "small" and "error" not in r}
     if "naive" in small:
         print()
-        for kind in ("streaming", "direct"):
+        for kind in KINDS:
             if kind in small:
                 s, n = small[kind], small["naive"]
                 print(f"ratio {kind}/naive on {s['raw_bytes'] / GiB:.1f} GiB: speed x"

@@ -32,6 +32,6 @@ def _torch_threads():
     try:
         import torch
 
-        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+        torch.set_num_threads(1)  # tests run on small tensors; 2 threads only contend
     except ImportError:
         pass

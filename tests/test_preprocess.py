@@ -352,3 +352,26 @@ def test_csv_is_plain_table(tmp_path, patch_volume):
     patchify_volume(path, tmp_path / "p.zarr", tmp_path / "p.csv", 8, progress=False)
     raw = pd.read_csv(tmp_path / "p.csv")
     assert raw.store.iloc[0] == "p.zarr"  # relative to the CSV: results folders can move
+
+
+def test_ingest_builds_pyramid_in_the_same_pass(tmp_path, brain):
+    io.write_tiff_series(tmp_path / "s", brain)
+    ingest_volume(tmp_path / "s", tmp_path / "b.zarr", spacing=SPACING, chunks=(4, 8, 16), progress=False,
+                  max_block_bytes=4 * 8 * 47 * 2, pyramid=tmp_path / "fused.ome.zarr",
+                  target_spacing_um=(4.0, 3.0, 2.0), levels=3)
+    staged = downsample_volume(tmp_path / "b.zarr", tmp_path / "staged.ome.zarr", (4.0, 3.0, 2.0), levels=3,
+                               progress=False)
+    check_ngff(tmp_path / "fused.ome.zarr", "0.5")
+    for level in range(3):
+        fused = read_zarr_volume(tmp_path / "fused.ome.zarr", level)
+        assert np.array_equal(fused.data, read_zarr_volume(staged, level).data)
+        assert fused.spacing == read_zarr_volume(staged, level).spacing
+    # a bad slice found mid-stream (NaN) leaves neither output behind
+    bad = brain.astype(np.float32)
+    bad[15, 0, 0] = np.nan
+    io.write_tiff_series(tmp_path / "f", bad)
+    with pytest.raises(InputError, match="slice_z0015.tif"):
+        ingest_volume(tmp_path / "f", tmp_path / "f.zarr", spacing=SPACING, chunks=(4, 8, 16), progress=False,
+                      pyramid=tmp_path / "f.ome.zarr", target_spacing_um=(4.0, 3.0, 2.0))
+    assert not (tmp_path / "f.zarr").exists() and not (tmp_path / "f.ome.zarr").exists()
+    assert _no_leftovers(tmp_path)

@@ -1,6 +1,6 @@
-"""Pretraining resumes exactly: a run killed by a real signal after a checkpoint and started
-again exports the same weights, bit for bit, as a run that went straight through (also with
-DataLoader workers)."""
+"""Pretraining resumes exactly: a run stopped by real signals (SIGTERM: checkpoint and exit;
+SIGKILL: die) and started again exports the same weights, bit for bit, as a run that went
+straight through (the interrupted one with DataLoader workers, the reference without)."""
 
 from __future__ import annotations
 
@@ -74,18 +74,35 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     index = make_patch_store(tmp_path)
     reference = start(tmp_path, index, "straight", workers=0)
 
-    victim = start(tmp_path, index, "resumed", workers=2, slow=0.3)
     ckpt = tmp_path / "resumed" / "ckpt" / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists():
-        assert victim.poll() is None, "the run ended before writing a checkpoint"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)  # what a preempted/timed-out SLURM job gets in the end
+
+    def wait_for_checkpoint(proc, after: int) -> None:
+        deadline = time.time() + 240
+        while not (ckpt.exists() and torch.load(ckpt, weights_only=False)["step"] > after):
+            assert proc.poll() is None, "the run ended before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+
+    # 1. SIGTERM (SLURM preemption / time limit): the step finishes, a checkpoint is written
+    #    at that step (not only every checkpoint_every) and the process exits with 128 + 15
+    victim = start(tmp_path, index, "resumed", workers=2, slow=0.3)
+    wait_for_checkpoint(victim, 0)
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGTERM)
+    out, _ = victim.communicate(timeout=120)
+    assert victim.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert "stopping on a signal" in out
+    first = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < first < STEPS
+
+    # 2. SIGKILL (no chance to clean up) after the resumed run wrote a later checkpoint
+    victim = start(tmp_path, index, "resumed", workers=2, slow=0.3)
+    wait_for_checkpoint(victim, first)
+    victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     state = torch.load(ckpt, weights_only=False)
-    assert 0 < state["step"] < STEPS
+    assert first < state["step"] < STEPS
     assert not (tmp_path / "resumed" / "encoder.pt").exists()
     # the ssl strategy's EMA teachers etc. live in the model state dict; optimiser state too
     assert state["optimizer"]["state"], "optimiser moments must be in the checkpoint"

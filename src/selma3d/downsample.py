@@ -424,6 +424,94 @@ class _PyramidStream:
                 w.fast.close()
 
 
+class PyramidBuilder:
+    """Streams (z, y)-blocks of a source volume into an OME-Zarr pyramid.
+
+    Blocks must arrive in z-major order: whole z-slabs, each as consecutive y-bands starting
+    at ``y0 == 0`` and ending at ``y1 == Y``, every band spanning all of x (the order
+    :func:`selma3d.ingest.plan_blocks` produces). Used by :func:`downsample_volume` and, to
+    build the pyramid in the same pass as the full-resolution copy, by
+    :func:`selma3d.ingest.ingest_volume`.
+    """
+
+    def __init__(self, out_ome_zarr: str | Path, shape: Sequence[int], dtype, spacing: Sequence[float],
+                 target_spacing_um: Sequence[float], levels: int = 3, workers: int = 2, method: str = "auto",
+                 chunks: Sequence[int] = (64, 256, 256), compressor: str = "zstd", clevel: int = 3,
+                 ngff_version: str = "0.5", source_name: str | None = None):
+        self.out = Path(out_ome_zarr)
+        self.shape = tuple(int(s) for s in shape)
+        self.plan = plan_pyramid(self.shape, spacing, target_spacing_um, levels, method)
+        self.ops0 = [axis_op(n, f, method) for n, f in zip(self.shape, self.plan[0].factors)]
+        meta = {"stage": "downsample", "source": source_name, "source_shape": list(self.shape),
+                "source_spacing_um": [float(s) for s in spacing],
+                "target_spacing_um": [float(t) for t in target_spacing_um],
+                "level_factors": [list(lv.factors) for lv in self.plan],
+                "methods": [list(lv.methods) for lv in self.plan]}
+        method_meta = {"description": "level 0: per-axis block mean (integer factors) or Gaussian "
+                       "sigma=(f-1)/2 + linear interpolation; further levels: 2x block mean",
+                       "method": "selma3d.downsample.PyramidBuilder", "version": "1"}
+        self._atomic = atomic_path(self.out)
+        tmp = self._atomic.__enter__()
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="ds-write"),
+                       ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="ds-compute")]
+        self._cpool = self._pools[1]
+        try:
+            arrays = create_ome_zarr(tmp, [lv.shape for lv in self.plan], dtype, chunks,
+                                     [lv.spacing for lv in self.plan], [lv.translation for lv in self.plan],
+                                     name=case_name(self.out), compressor=compressor, clevel=clevel,
+                                     ngff_version=ngff_version,
+                                     method="mean" if set(self.plan[0].methods) <= {"mean", "identity"} else "gaussian",
+                                     method_metadata=method_meta, attributes={"selma3d": meta})
+            self._pyramid = _PyramidStream(self.plan, arrays, dtype, self._pools[0], workers)
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        self._zstream = AxisStream(self.ops0[0], 0)
+        self._ystream: AxisStream | None = None
+        self._parts: list[np.ndarray] = []
+
+    def push(self, z0: int, z1: int, y0: int, y1: int, block: np.ndarray) -> None:
+        """Feed the source block ``[z0:z1, y0:y1, :]``."""
+        if y0 == 0:  # a new z-slab: its y-bands stream through a fresh y operator
+            self._ystream, self._parts = AxisStream(self.ops0[1], 1, self._cpool), []
+        got = self._ystream.push(apply_op(block, self.ops0[2], 2, pool=self._cpool))
+        if got is not None:
+            self._parts.append(got)
+        if y1 == self.shape[1]:
+            slab = np.concatenate(self._parts, axis=1) if len(self._parts) > 1 else self._parts[0]
+            self._parts = []
+            planes = self._zstream.push(slab)
+            if planes is not None:
+                self._pyramid.push(0, planes)
+
+    def finish(self) -> Path:
+        """Flush every level and move the pyramid into place."""
+        try:
+            self._pyramid.finish()
+        except BaseException as exc:
+            self._close(exc)
+            raise
+        self._close(None)
+        return self.out
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Discard the partial pyramid (nothing complete-looking stays)."""
+        self._close(exc or RuntimeError("aborted"))
+
+    def _close(self, exc: BaseException | None) -> None:
+        if self._atomic is None:
+            return
+        if hasattr(self, "_pyramid"):
+            self._pyramid.close()
+        for pool in self._pools:
+            pool.shutdown(wait=True)
+        atomic, self._atomic = self._atomic, None
+        if exc is None:
+            atomic.__exit__(None, None, None)
+        else:
+            atomic.__exit__(type(exc), exc, exc.__traceback__)
+
+
 def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Sequence[float], levels: int = 3,
                       workers: int = 2, progress: bool = True, method: str = "auto",
                       spacing: Sequence[float] | None = None, chunks: Sequence[int] = (64, 256, 256),
@@ -445,14 +533,11 @@ def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Seq
     Returns:
         The path of the pyramid.
     """
-    out_ome_zarr = Path(out_ome_zarr)
     reader = open_reader(in_store, spacing=spacing, workers=workers)
     try:
         if reader.spacing_source == "default":
             warnings.warn(f"{reader.path}: no voxel size in the input and none given; assuming (1, 1, 1) µm, "
                           "so the factors may be wrong", stacklevel=2)
-        plan = plan_pyramid(reader.shape, reader.spacing, target_spacing_um, levels, method)
-        ops0 = [axis_op(n, f, method) for n, f in zip(reader.shape, plan[0].factors)]
         Z, Y, X = reader.shape
         itemsize = np.dtype(reader.dtype).itemsize
         if reader.z_chunk > 1:  # chunked input: whole chunks only, each decompressed once
@@ -462,48 +547,20 @@ def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Seq
         else:  # whole planes: as many as fit the block budget
             z_step = max(1, max_block_bytes // max(1, Y * X * itemsize))
         blocks = plan_blocks(reader, z_step, max_block_bytes)
-        name = case_name(out_ome_zarr)
-        meta = {"stage": "downsample", "source": Path(str(reader.path)).name if reader.path else None,
-                "source_shape": list(reader.shape), "source_spacing_um": list(reader.spacing),
-                "target_spacing_um": [float(t) for t in target_spacing_um],
-                "level_factors": [list(lv.factors) for lv in plan], "methods": [list(lv.methods) for lv in plan]}
-        method_meta = {"description": "level 0: per-axis block mean (integer factors) or Gaussian "
-                       "sigma=(f-1)/2 + linear interpolation; further levels: 2x block mean",
-                       "method": "selma3d.downsample.downsample_volume", "version": "1"}
-        with atomic_path(out_ome_zarr) as tmp, zarr_workers(workers), \
-                ThreadPoolExecutor(1, thread_name_prefix="ds-read") as rpool, \
-                ThreadPoolExecutor(1, thread_name_prefix="ds-write") as wpool, \
-                ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="ds-compute") as cpool, \
-                _progress(reader.nbytes, f"downsample {name}", progress) as bar:
-            arrays = create_ome_zarr(tmp, [lv.shape for lv in plan], reader.dtype, chunks,
-                                     [lv.spacing for lv in plan], [lv.translation for lv in plan],
-                                     name=name, compressor=compressor, clevel=clevel, ngff_version=ngff_version,
-                                     method="mean" if set(plan[0].methods) <= {"mean", "identity"} else "gaussian",
-                                     method_metadata=method_meta, attributes={"selma3d": meta})
-            pyramid = _PyramidStream(plan, arrays, reader.dtype, wpool, workers)
-            try:
-                zstream = AxisStream(ops0[0], 0)
-                ystream = None
-                parts: list[np.ndarray] = []
+        builder = PyramidBuilder(out_ome_zarr, reader.shape, reader.dtype, reader.spacing, target_spacing_um,
+                                 levels, workers, method, chunks, compressor, clevel, ngff_version,
+                                 source_name=Path(str(reader.path)).name if reader.path else None)
+        try:
+            with zarr_workers(workers), ThreadPoolExecutor(1, thread_name_prefix="ds-read") as rpool, \
+                    _progress(reader.nbytes, f"downsample {case_name(out_ome_zarr)}", progress) as bar:
                 for (z0, z1, y0, y1), block in prefetch(reader, blocks, rpool):
-                    if y0 == 0:  # a new z-slab: its y-bands stream through a fresh y operator
-                        ystream, parts = AxisStream(ops0[1], 1, cpool), []
-                    got = ystream.push(apply_op(block, ops0[2], 2, pool=cpool))
-                    if got is not None:
-                        parts.append(got)
+                    builder.push(z0, z1, y0, y1, block)
                     bar.update(block.nbytes)
                     del block
-                    if y1 == Y:
-                        slab = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-                        parts = []
-                        planes = zstream.push(slab)
-                        del slab
-                        if planes is not None:
-                            pyramid.push(0, planes)
-                pyramid.finish()
-            finally:
-                pyramid.close()
+        except BaseException as exc:
+            builder.abort(exc)
+            raise
+        return builder.finish()
     finally:
         if reader is not in_store:
             reader.close()
-    return out_ome_zarr

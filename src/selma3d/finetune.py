@@ -6,7 +6,6 @@ differ per structure category. Model selection uses the validation split only.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass
@@ -196,9 +195,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     rows, best = [], {"dice": -1.0, "step": -1, "state": None}
     t0 = time.perf_counter()
     for step in range(steps):
-        net.train()
-        if mode != "full":
-            apply_finetune_mode(net, mode, cfg.get("backbone", "unet"))
+        net.train()  # frozen encoders stay in eval mode (apply_finetune_mode patches train())
         x, y, ign, cats = _batch(cases, roi, bs, seed, step, fg_prob, device)
         with autocast(device, precision):
             logits = net(x)
@@ -235,10 +232,12 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 
 def load_model(path: str | Path, device=None):
     """A finetuned network (eval mode) and its saved settings."""
-    from .models import build_segmentation_net
+    from .models import apply_finetune_mode, build_segmentation_net
 
     payload = torch.load(path, map_location="cpu", weights_only=False)
     net = build_segmentation_net(payload["config"])
+    if payload.get("mode") == "adapter":  # adapters add tensors the plain net lacks
+        apply_finetune_mode(net, "adapter", payload["config"].get("backbone"))
     net.load_state_dict(payload["state_dict"])
     net.to(device or pick_device()).eval()
     return net, payload

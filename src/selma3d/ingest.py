@@ -73,7 +73,9 @@ def _progress(total: int, desc: str, enabled: bool):
 def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None = None,
                   chunks: Sequence[int] = (64, 256, 256), workers: int = 2, progress: bool = True,
                   compressor: str = "lz4", clevel: int = 1, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
-                  ngff_version: str = "0.5") -> Path:
+                  ngff_version: str = "0.5", pyramid: str | Path | None = None,
+                  target_spacing_um: Sequence[float] | None = None, levels: int = 3,
+                  method: str = "auto") -> Path:
     """Stream ``source`` into a canonical one-level OME-Zarr image at ``out_zarr``.
 
     Args:
@@ -84,6 +86,10 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
         workers: threads reading TIFF slices and compressing chunks.
         compressor, clevel: Blosc codec (``lz4`` level 1 keeps up with the disk on one core).
         max_block_bytes: upper bound on one block read (when the reader allows y-bands).
+        pyramid: also write the downsampled OME-Zarr pyramid here in the same pass (what
+            :func:`selma3d.downsample.downsample_volume` would write from ``out_zarr``, without
+            reading and decompressing the full-resolution copy again).
+        target_spacing_um, levels, method: the pyramid's level 0 spacing, depth and method.
 
     Returns:
         The path of the store. Its attributes carry ``selma3d.source`` and the spacing source.
@@ -105,20 +111,39 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
                              "shape": list(reader.shape), "dtype": str(np.dtype(reader.dtype)),
                              "spacing_um": list(reader.spacing), "spacing_source": reader.spacing_source}}
         name = case_name(out_zarr)
-        with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
-                ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as pool, \
-                _progress(reader.nbytes, f"ingest {name}", progress) as bar:
-            (arr,) = create_ome_zarr(tmp, [reader.shape], reader.dtype, chunks, [reader.spacing], None,
-                                     name=name, compressor=compressor, clevel=clevel,
-                                     ngff_version=ngff_version, attributes=attrs)
-            fast = ChunkIO.for_array(arr, workers)
-            try:
-                for (z0, z1, y0, y1), data in prefetch(reader, blocks, pool):
-                    write_block(arr, fast, (z0, y0, 0), data)
-                    bar.update(data.nbytes)
-            finally:
-                if fast is not None:
-                    fast.close()
+        builder = None
+        if pyramid is not None:
+            if target_spacing_um is None:
+                raise ValueError("ingest_volume: pyramid needs target_spacing_um")
+            from .downsample import PyramidBuilder
+
+            builder = PyramidBuilder(pyramid, reader.shape, reader.dtype, reader.spacing, target_spacing_um,
+                                     levels, workers, method, ngff_version=ngff_version,
+                                     source_name=attrs["selma3d"]["source"])
+        try:
+            with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
+                    ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as pool, \
+                    _progress(reader.nbytes, f"ingest {name}", progress) as bar:
+                (arr,) = create_ome_zarr(tmp, [reader.shape], reader.dtype, chunks, [reader.spacing], None,
+                                         name=name, compressor=compressor, clevel=clevel,
+                                         ngff_version=ngff_version, attributes=attrs)
+                fast = ChunkIO.for_array(arr, workers)
+                try:
+                    for (z0, z1, y0, y1), data in prefetch(reader, blocks, pool):
+                        write_block(arr, fast, (z0, y0, 0), data)
+                        if builder is not None:
+                            builder.push(z0, z1, y0, y1, data)
+                        bar.update(data.nbytes)
+                finally:
+                    if fast is not None:
+                        fast.close()
+                if builder is not None:
+                    builder.finish()
+                    builder = None
+        except BaseException as exc:
+            if builder is not None:
+                builder.abort(exc)
+            raise
     finally:
         if reader is not source:
             reader.close()

@@ -28,6 +28,8 @@ def read_patch_index(paths: list[str | Path]) -> pd.DataFrame:
         df = pd.read_csv(p)
         if "store" not in df.columns:
             df["store"] = str(Path(p).with_suffix(".zarr"))
+        else:  # patchify records the store beside its index, by name
+            df["store"] = [str(s if Path(s).is_absolute() else Path(p).parent / s) for s in df["store"]]
         frames.append(df)
     if not frames:
         raise ValueError("no patch index tables given to pretraining")

@@ -7,6 +7,8 @@ import csv
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
                  index["volume"].nunique() if "volume" in index else -1, start, steps, batch_size, n_shards,
                  info.world_size, accum, micro, device, precision)
 
+    stop = _StopSignal()
     model.train()
     t0, seen, t_log, seen_log = time.perf_counter(), 0, time.perf_counter(), 0
     if device.type == "cuda":
@@ -154,9 +157,9 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
         model.after_step(step)
         seen += batch_size
         keys = sorted(parts_sum)
-        stats = distributed.all_mean(torch.tensor([total] + [parts_sum[k] for k in keys], dtype=torch.float64,
-                                                  device=device if device.type == "cuda" else "cpu"), info)
-        stats = stats.tolist()
+        stats = distributed.all_mean(torch.tensor([total] + [parts_sum[k] for k in keys] + [float(stop.signum)],
+                                                  dtype=torch.float64, device=device), info).tolist()
+        stop_now = stats.pop() > 0  # any rank was told to stop (SLURM preemption / time limit)
         curve_rows.append({"step": step, "loss": stats[0], "lr": scheduler.get_last_lr()[0],
                            **dict(zip(keys, stats[1:]))})
         if info.is_main and ((step + 1) % log_every == 0 or step + 1 == steps):
@@ -166,9 +169,15 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
             mem = (f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
                    if device.type == "cuda" else "")
             log.info("step %d/%d loss %.4f (%.1f samples/s%s)", step + 1, steps, stats[0], rate, mem)
-        if ckpt and info.is_main and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+        if ckpt and info.is_main and ((step + 1) % checkpoint_every == 0 or stop_now) and step + 1 < steps:
             _write_curve(Path(checkpoint_dir) / "curve.csv", curve_rows)
             save_checkpoint(ckpt, step + 1, model=model, optimizer=optimizer, scheduler=scheduler)
+        if stop_now and step + 1 < steps:
+            log.warning("stopping on a signal after step %d; a rerun resumes from %s", step + 1, ckpt)
+            stop.restore()
+            distributed.teardown()
+            raise SystemExit(128 + (stop.signum or signal.SIGTERM))
+    stop.restore()
     elapsed = time.perf_counter() - t0
     if info.is_main:
         log.info("trained %d steps in %.1f s: %.2f samples/s overall", steps - start, elapsed,
@@ -188,6 +197,28 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
     distributed.barrier(info)
     distributed.teardown()
     return Path(weights_out)
+
+
+class _StopSignal:
+    """Remembers SIGTERM/SIGUSR1 (what SLURM sends before preempting or at the time limit) so
+    the loop can finish its step, checkpoint and exit instead of dying mid-step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = int(signum)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 class _LossModule(torch.nn.Module):
