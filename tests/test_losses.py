@@ -10,14 +10,6 @@ import torch
 from selma3d.losses import LOSSES, BlobLoss, build_loss, label_components
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU this is faster and steadier than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _logit(p):
     p = torch.as_tensor(p, dtype=torch.float32)

@@ -27,14 +27,6 @@ META = {"structure": ["cfos_neuron", "blood_vessel", "cfos_neuron", "cell_nuclei
         "stain": ["c-Fos", "CD31", "c-Fos", None]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, busy CPU this is faster and steadier than two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def synthetic_patches(b=4, s=32, seed=1) -> torch.Tensor:
     """Normalised patches with a few Gaussian blobs each (spot-like LSM stand-in)."""

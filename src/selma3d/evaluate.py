@@ -30,6 +30,7 @@ import pandas as pd
 from .atomic import atomic_path
 from .errors import InputError
 from .io import MHA_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, case_name, read_volume
+from .labels import binarize_label
 from .metrics import METRIC_COLUMNS, PROTOCOLS, case_metrics
 from .structures import category_of, structure_from_name
 
@@ -95,8 +96,22 @@ def structure_and_category(case: str, categories: dict[str, tuple[str, str]] | N
     return structure, category_of(structure)
 
 
-def _evaluate_one(job: tuple[str, Path | None, Path, str, int | None]) -> dict:
-    case, pred_path, gt_path, protocol, ignore_label = job
+def ground_truth_mask(gt: np.ndarray, ignore_label: int | None = None,
+                      background_values: tuple[int, ...] = (0,)) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ground truth as the metrics see it, and the mask of unannotated voxels.
+
+    With the defaults the label volume is returned as is, so the official rule (every value
+    > 0 is foreground) applies unchanged. Otherwise :func:`selma3d.labels.binarize_label`
+    decides: ``background_values`` are background, ``ignore_label`` marks voxels nobody
+    annotated (excluded from every metric), every other value is foreground.
+    """
+    if ignore_label is None and tuple(background_values) == (0,):
+        return gt, None
+    return binarize_label(gt, ignore_label, tuple(background_values))
+
+
+def _evaluate_one(job: tuple[str, Path | None, Path, str, int | None, tuple[int, ...]]) -> dict:
+    case, pred_path, gt_path, protocol, ignore_label, background_values = job
     gt = read_volume(gt_path).data
     if pred_path is None:
         pred = np.zeros(gt.shape, dtype=bool)
@@ -105,21 +120,20 @@ def _evaluate_one(job: tuple[str, Path | None, Path, str, int | None]) -> dict:
         if pred.shape != gt.shape:
             raise InputError(pred_path, f"shape {gt.shape} of ground truth {Path(gt_path).name} (case {case})",
                              f"shape {pred.shape}")
-    ignore = None
-    if ignore_label is not None:
-        ignore = gt == ignore_label
+    gt, ignore = ground_truth_mask(gt, ignore_label, background_values)
     return case_metrics(pred, gt, protocol, ignore=ignore, case=case)
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
                    categories: dict[str, tuple[str, str]] | None = None, workers: int = 1,
                    ignore_label: int | None = None, missing: str = "error",
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, background_values: tuple[int, ...] = (0,)) -> pd.DataFrame:
     """One row per (case, prediction, ground truth) with every metric of ``protocol``.
 
     A prediction path that is None or does not exist is an error naming the case unless
     ``missing="empty"``. ``ignore_label``: ground-truth voxels with this value are excluded from
-    every metric (partial annotation). Cases are scored in parallel processes when
+    every metric (partial annotation); ``background_values``: ground-truth values meaning
+    background (see :func:`ground_truth_mask`). Cases are scored in parallel processes when
     ``workers > 1``; rows keep the input order.
     """
     from tqdm.auto import tqdm
@@ -134,7 +148,8 @@ def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
             pred = None
         if pred is None and missing == "error":
             raise InputError(gt, f"a prediction for case {case!r}", "none (use missing='empty' to score it as empty)")
-        jobs.append((case, None if pred is None else Path(pred), Path(gt), protocol, ignore_label))
+        jobs.append((case, None if pred is None else Path(pred), Path(gt), protocol, ignore_label,
+                     tuple(int(v) for v in background_values)))
     seen = set()
     for case, *_ in jobs:
         if case in seen:
@@ -194,13 +209,15 @@ def pair_dirs(pred_dir: str | Path, gt_dir: str | Path, missing: str = "error") 
 
 def evaluate_dirs(pred_dir: str | Path, gt_dir: str | Path, protocol: str,
                   categories: dict[str, tuple[str, str]] | str | Path | None = None, workers: int = 1,
-                  ignore_label: int | None = None, missing: str = "error", progress: bool = True) -> pd.DataFrame:
+                  ignore_label: int | None = None, missing: str = "error", progress: bool = True,
+                  background_values: tuple[int, ...] = (0,)) -> pd.DataFrame:
     """Score every ground-truth case in ``gt_dir`` against the same-named file in ``pred_dir``."""
     if categories is not None and not isinstance(categories, dict):
         categories = read_categories(categories)
     pairs = pair_dirs(pred_dir, gt_dir, missing=missing)
     return evaluate_pairs(pairs, protocol, categories=categories, workers=workers,
-                          ignore_label=ignore_label, missing=missing, progress=progress)
+                          ignore_label=ignore_label, missing=missing, progress=progress,
+                          background_values=background_values)
 
 
 def write_cases(df: pd.DataFrame, path: str | Path) -> Path:
@@ -231,10 +248,12 @@ def write_json(obj: dict, path: str | Path) -> Path:
 
 def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol: str, out_cases: str | Path,
                             workers: int = 1, ignore_label: int | None = None, split: str = "test",
-                            missing: str = "error") -> pd.DataFrame:
+                            missing: str = "error", background_values: tuple[int, ...] = (0,)) -> pd.DataFrame:
     """Score ``<case>.*`` predictions in ``pred_dir`` against a manifest split's labels; write the CSV.
 
     Structure and category come from the manifest rows, so file names need no prefix.
+    ``ignore_label``/``background_values`` say how to read partially annotated labels (the
+    same settings finetuning used; see :func:`ground_truth_mask`).
     """
     from .manifest import annotated_pairs, read_manifest
 
@@ -249,7 +268,7 @@ def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol
                       stacklevel=2)
     pairs = [(r.case, preds.get(r.case), Path(r.label)) for r in pairs_df.itertuples()]
     df = evaluate_pairs(pairs, protocol, categories=categories, workers=workers, ignore_label=ignore_label,
-                        missing=missing, progress=False)
+                        missing=missing, progress=False, background_values=background_values)
     write_cases(df, out_cases)
     return df
 
@@ -269,6 +288,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--ignore-label", type=int, default=None,
                         help="ground-truth value marking unannotated voxels, excluded from all metrics")
+    parser.add_argument("--background-values", type=int, nargs="+", default=[0], metavar="V",
+                        help="ground-truth values meaning background (default 0); others but the "
+                             "ignore label are foreground")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -276,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     from .leaderboard import summarize
 
     df = evaluate_dirs(args.pred, args.gt, args.protocol, categories=args.categories, workers=args.workers,
-                       ignore_label=args.ignore_label, missing=args.missing, progress=not args.no_progress)
+                       ignore_label=args.ignore_label, missing=args.missing, progress=not args.no_progress,
+                       background_values=tuple(args.background_values))
     write_cases(df, args.out)
     if args.summary is not None:
         write_json(summarize(df, args.protocol), args.summary)

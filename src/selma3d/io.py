@@ -591,7 +591,8 @@ class NiftiReader(VolumeReader):
 
         self.path = Path(path)
         try:
-            self._img = nib.load(str(self.path))
+            # keep a .gz stream open: successive slabs then decompress forward, not from the start
+            self._img = nib.load(str(self.path), keep_file_open=True)
             hdr_shape = tuple(int(s) for s in self._img.shape)
             zooms = self._img.header.get_zooms()[:3]
         except Exception as exc:
@@ -621,6 +622,11 @@ class NiftiReader(VolumeReader):
 
     def _read(self, z0, z1, y0, y1, x0, x1):
         return np.ascontiguousarray(self._raw(z0, z1, y0, y1, x0, x1).transpose(2, 1, 0))
+
+    def close(self) -> None:
+        opener = getattr(self._img.dataobj, "_opener", None)
+        if opener is not None:
+            opener.close_if_mine()
 
 
 class SitkReader(VolumeReader):

@@ -27,7 +27,7 @@ from .atomic import atomic_path
 from .errors import InputError
 from .ingest import _progress
 from .io import VolumeReader, case_name, open_reader
-from .zarrstore import ChunkIO, blosc_codec, write_block, zarr_workers
+from .zarrstore import ChunkIO, create_patch_array, open_patch_array, write_block, zarr_workers
 
 INDEX_COLUMNS = ["volume", "structure", "category", "spacing_um", "patch", "z", "y", "x",
                  "foreground_fraction", "background", "store", "level"]
@@ -69,6 +69,23 @@ def resolve_threshold(reader: VolumeReader, spec, max_planes: int = 64) -> float
     from skimage.filters import threshold_otsu
 
     return float(threshold_otsu(sample))
+
+
+def foreground_fraction(cube: np.ndarray, threshold: float) -> float:
+    """Fraction of a cube's voxels above ``threshold``: a cube is kept when this reaches
+    ``min_foreground``. A boolean cube is taken as already thresholded."""
+    above = cube if cube.dtype == bool else cube > threshold
+    return float(np.count_nonzero(above)) / above.size if above.size else 0.0
+
+
+def sample_background(n_rejected: int, background_share: float, seed: int) -> np.ndarray:
+    """Sorted indices of the rejected cubes kept as background: ``background_share`` of them
+    (rounded half up), drawn without replacement from ``seed``."""
+    if not 0 <= background_share <= 1:
+        raise ValueError(f"background_share: expected a fraction in [0, 1], found {background_share}")
+    rng = np.random.default_rng(seed)
+    n_bg = int(math.floor(background_share * n_rejected + 0.5))
+    return np.sort(rng.choice(n_rejected, size=n_bg, replace=False)) if n_bg else np.zeros(0, int)
 
 
 def _grid(n: int, p: int, stride: int) -> list[int]:
@@ -121,8 +138,6 @@ def _triple(value, name: str) -> tuple[int, int, int]:
 
 def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, intensity_threshold,
               background_share, seed, meta, progress, workers, compressor, clevel) -> pd.DataFrame:
-    import zarr
-
     pz, py, px = size
     Z, Y, X = reader.shape
     zs, ys, xs = _grid(Z, pz, step[0]), _grid(Y, py, step[1]), _grid(X, px, step[2])
@@ -143,9 +158,8 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                          "spacing_um": list(reader.spacing), "axes": ["patch", "z", "y", "x"]}}
     with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
             _progress(len(zs) * pz * Y * X * np.dtype(reader.dtype).itemsize, f"patchify {volume}", progress) as bar:
-        arr = zarr.create_array(str(tmp), shape=(n_grid, pz, py, px), chunks=(1, pz, py, px), dtype=reader.dtype,
-                                fill_value=0, compressors=blosc_codec(compressor, clevel),
-                                dimension_names=("patch", "z", "y", "x"), attributes=attrs)
+        arr = create_patch_array(tmp, n_grid, size, reader.dtype, compressor=compressor, clevel=clevel,
+                                 attributes=attrs)
         fast = ChunkIO.for_array(arr, workers)
         try:
             n = 0
@@ -157,7 +171,7 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                     # one threshold pass per band of cubes, then a count per cube
                     band = slab[:, y0:y0 + py] > threshold
                     for x0 in xs:
-                        frac = float(np.count_nonzero(band[:, :, x0:x0 + px])) / (pz * py * px)
+                        frac = foreground_fraction(band[:, :, x0:x0 + px], threshold)
                         if frac >= min_foreground:
                             keep.append((y0, x0))
                             fg_rows.append((z0, y0, x0, frac))
@@ -168,9 +182,7 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                     write_block(arr, fast, (n, 0, 0, 0), cubes)
                     n += len(keep)
                 del slab
-            rng = np.random.default_rng(seed)
-            n_bg = int(math.floor(background_share * len(rejected) + 0.5))
-            chosen = np.sort(rng.choice(len(rejected), size=n_bg, replace=False)) if n_bg else np.zeros(0, int)
+            chosen = sample_background(len(rejected), background_share, seed)
             bg_rows = [rejected[i] for i in chosen]
             for start in range(0, len(bg_rows), 64):
                 batch = bg_rows[start:start + 64]
@@ -225,15 +237,7 @@ def load_patch_index(paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=64)
 def _open_patches(store: str):
-    import zarr
-
-    try:
-        arr = zarr.open_array(store, mode="r")
-    except Exception as exc:
-        raise InputError(store, "a patch store (zarr array N x pz x py x px)", f"{type(exc).__name__}: {exc}") from exc
-    if arr.ndim != 4:
-        raise InputError(store, "a 4D patch array (N, z, y, x)", f"shape {arr.shape}")
-    return arr
+    return open_patch_array(store)
 
 
 def read_patch(store_path: str | Path, i: int) -> np.ndarray:

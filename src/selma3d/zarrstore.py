@@ -113,6 +113,31 @@ def _transform(transforms: list, kind: str) -> list[float] | None:
     return None
 
 
+def create_patch_array(path: str | Path, n_max: int, patch_size: Sequence[int], dtype, *,
+                       compressor: str = "zstd", clevel: int = 3, attributes: dict | None = None):
+    """An empty (N, pz, py, px) zarr v3 array with one chunk per patch (shrink it with
+    ``resize`` once the number kept is known; unwritten chunks cost nothing)."""
+    import zarr
+
+    size = tuple(int(s) for s in patch_size)
+    return zarr.create_array(str(path), shape=(int(n_max),) + size, chunks=(1,) + size, dtype=np.dtype(dtype),
+                             fill_value=0, compressors=blosc_codec(compressor, clevel),
+                             dimension_names=("patch",) + AXES, attributes=attributes or {})
+
+
+def open_patch_array(path: str | Path):
+    """A patch store written by :func:`create_patch_array`, read-only."""
+    import zarr
+
+    try:
+        arr = zarr.open_array(str(path), mode="r")
+    except Exception as exc:
+        raise InputError(path, "a patch store (zarr array N x pz x py x px)", f"{type(exc).__name__}: {exc}") from exc
+    if arr.ndim != 4:
+        raise InputError(path, "a 4D patch array (N, z, y, x)", f"shape {arr.shape}")
+    return arr
+
+
 class ChunkIO:
     """Whole-chunk reads and writes of a local zarr v3 array, done with numcodecs Blosc in a
     thread pool and plain file I/O.

@@ -6,10 +6,14 @@ RESULTS = config["results_dir"]
 DATASET = config["dataset"]
 SSL_STRATEGIES = config["pretrain"]["strategies"]
 FT_STRATEGIES = config["finetune"]["strategies"]
+# preprocess.unannotated: "volumes" (whole brains: ingest -> downsample -> patchify, one job
+# each) or "patches" (files that already are patches: one patchset job per structure)
+PATCHSET = config["preprocess"]["unannotated"] == "patches"
 
 
 wildcard_constraints:
     volume=r"[A-Za-z0-9_.\-]+",
+    shard=r"[A-Za-z0-9_.\-]+",
     strategy=r"[a-z0-9_]+",
     mode=r"full|frozen|adapter",
     budget=r"\d+|all",
@@ -57,6 +61,22 @@ def pretrain_volumes():
     return sorted(dict.fromkeys(names))
 
 
+def pretrain_shards():
+    """Structures whose unannotated patch files feed pretraining (one patchset job each)."""
+    if DATASET["source"] == "synthetic":
+        raise ValueError(
+            "config: preprocess.unannotated is 'patches', but the synthetic dataset holds whole "
+            "volumes; use 'volumes' or dataset.source: manifest"
+        )
+    names = [r["structure"] for r in _read_source_manifest() if r["role"] == "unannotated"]
+    return sorted(dict.fromkeys(names))
+
+
+def pretrain_units():
+    """One name per patch store pretraining reads: a volume, or a structure in patches mode."""
+    return pretrain_shards() if PATCHSET else pretrain_volumes()
+
+
 def budget_values():
     return [str(b) for b in config["finetune"]["budgets"]]
 
@@ -84,11 +104,11 @@ def pretrained_weights(wildcards):
 
 
 def patch_indexes(wildcards=None):
-    return expand(f"{RESULTS}/patches/{{volume}}.csv", volume=pretrain_volumes())
+    return expand(f"{RESULTS}/patches/{{unit}}.csv", unit=pretrain_units())
 
 
 def patch_stores(wildcards=None):
-    return expand(f"{RESULTS}/patches/{{volume}}.zarr", volume=pretrain_volumes())
+    return expand(f"{RESULTS}/patches/{{unit}}.zarr", unit=pretrain_units())
 
 
 def strategy_block(wildcards):

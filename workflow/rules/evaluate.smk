@@ -14,6 +14,7 @@ rule evaluate:
     params:
         workers=config["evaluate"]["workers"],
         ignore_label=config["finetune"]["ignore_label"],
+        background_values=config["finetune"]["background_values"],
     threads: config["evaluate"]["workers"]
     conda:
         "../../envs/core.yaml"

@@ -1,4 +1,102 @@
-# Figures: qualitative overlays and label efficiency.
+# Figures, the paper's tables and the material of `snakemake --report`: every output marked
+# report() is grouped by category (Data, Pretraining, Finetuning, Evaluation, Configuration).
+# Optional config block `figures:` (defaults here): budget (qualitative/distribution figures;
+# default the largest), cases_per_structure (1), cases (explicit test case names), protocol
+# (the protocol of the figures; default selma3d2026 when evaluated).
+
+FIGURES = config.get("figures", {}) or {}
+FIG = f"{RESULTS}/figures"
+TABLES = f"{RESULTS}/tables"
+
+
+def _fig(name):
+    """The PNG and PDF of a figure (the PDF is written beside the PNG)."""
+    return f"{FIG}/{name}.png", f"{FIG}/{name}.pdf"
+
+
+def _report_fig(name, caption, category, subcategory, **labels):
+    return report(
+        f"{FIG}/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels={"figure": name.replace("_", " "), **labels},
+    )
+
+
+def report_outputs():
+    """Every figure, table and page of the report (PNG + PDF per figure) for `rule all`."""
+    names = ["data_examples", "patch_counts", "finetune_curves", "qualitative", "qualitative_mip",
+             "dice_vs_budget", "ssl_ablation", "distributions"]
+    if SSL_STRATEGIES:
+        names.append("pretrain_loss")
+    out = [p for n in names for p in _fig(n)]
+    out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
+    out += table_pages()
+    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html"]
+    return out
+
+
+def table_pages():
+    return [f"{TABLES}/{kind}_{p}.html" for p in config["evaluate"]["protocols"] for kind in ("leaderboard", "table6")]
+
+
+rule figures_data:
+    input:
+        manifest=manifest_path(),
+        indexes=patch_indexes,
+    output:
+        examples=_report_fig("data_examples", "data_examples", "1. Data", "Annotated patches"),
+        examples_pdf=_fig("data_examples")[1],
+        patch_counts=_report_fig("patch_counts", "patch_counts", "1. Data", "Pretraining patches"),
+        patch_counts_pdf=_fig("patch_counts")[1],
+    log:
+        f"{RESULTS}/logs/figures/data.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/data.tsv"
+    params:
+        kind="data",
+        min_foreground=config["preprocess"]["min_foreground"],
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figures_pretrain:
+    input:
+        curves=expand(f"{RESULTS}/pretrain/{{strategy}}/loss.csv", strategy=SSL_STRATEGIES),
+    output:
+        curves=_report_fig("pretrain_loss", "pretrain_loss", "2. Pretraining", "Loss curves"),
+        curves_pdf=_fig("pretrain_loss")[1],
+    log:
+        f"{RESULTS}/logs/figures/pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/pretrain.tsv"
+    params:
+        kind="pretrain",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule figures_finetune:
+    input:
+        logs=[f"{run_dir('finetune', *r)}/train_log.csv" for r in run_ids()],
+    output:
+        curves=_report_fig("finetune_curves", "finetune_curves", "3. Finetuning", "Training curves"),
+        curves_pdf=_fig("finetune_curves")[1],
+    log:
+        f"{RESULTS}/logs/figures/finetune.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/finetune.tsv"
+    params:
+        kind="finetune",
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/figures.py"
 
 
 rule figures:
@@ -7,21 +105,79 @@ rule figures:
         manifest=manifest_path(),
         predictions=[run_dir("predictions", *r) for r in run_ids()],
     output:
-        qualitative=report(
-            f"{RESULTS}/figures/qualitative.png",
-            caption="../report/qualitative.rst",
-            category="Evaluation",
-        ),
-        budget=report(
-            f"{RESULTS}/figures/dice_vs_budget.png",
-            caption="../report/dice_vs_budget.rst",
-            category="Evaluation",
-        ),
+        qualitative=_report_fig("qualitative", "qualitative", "4. Evaluation", "Qualitative", view="slice"),
+        qualitative_pdf=_fig("qualitative")[1],
+        qualitative_mip=_report_fig("qualitative_mip", "qualitative_mip", "4. Evaluation", "Qualitative", view="MIP"),
+        qualitative_mip_pdf=_fig("qualitative_mip")[1],
+        budget=_report_fig("dice_vs_budget", "dice_vs_budget", "3. Finetuning", "Label efficiency"),
+        budget_pdf=_fig("dice_vs_budget")[1],
+        ablation=_report_fig("ssl_ablation", "ssl_ablation", "4. Evaluation", "SSL ablation (table 6)"),
+        ablation_pdf=_fig("ssl_ablation")[1],
+        distributions=_report_fig("distributions", "distributions", "4. Evaluation", "Per-case distributions"),
+        distributions_pdf=_fig("distributions")[1],
     log:
         f"{RESULTS}/logs/figures.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures.tsv"
+    params:
+        kind="evaluation",
+        budget=FIGURES.get("budget"),
+        cases_per_structure=FIGURES.get("cases_per_structure", 1),
+        cases=FIGURES.get("cases", []),
+        protocol=FIGURES.get("protocol"),
     conda:
         "../../envs/core.yaml"
     script:
         "../scripts/figures.py"
+
+
+rule tables:
+    input:
+        cases=f"{RESULTS}/leaderboard/cases.csv",
+    output:
+        tables_md=f"{TABLES}/tables.md",
+        tables_tex=f"{TABLES}/tables.tex",
+        table6_md=f"{TABLES}/table6.md",
+        table6_csv=f"{TABLES}/table6.csv",
+        table6_tex=f"{TABLES}/table6.tex",
+        html=[
+            report(
+                f"{TABLES}/{kind}_{p}.html",
+                caption=f"../report/{kind}.rst",
+                category="4. Evaluation",
+                subcategory="Tables",
+                labels={"table": "tables 4–5 (leaderboard)" if kind == "leaderboard" else "table 6 (SSL ablation)",
+                        "protocol": p},
+            )
+            for p in config["evaluate"]["protocols"]
+            for kind in ("leaderboard", "table6")
+        ],
+    log:
+        f"{RESULTS}/logs/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv"
+    params:
+        protocols=config["evaluate"]["protocols"],
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/tables.py"
+
+
+rule report_config:
+    output:
+        yaml=f"{RESULTS}/report/config.yaml",
+        html=report(
+            f"{RESULTS}/report/config.html",
+            caption="../report/config.rst",
+            category="5. Configuration",
+            labels={"file": "effective config"},
+        ),
+    log:
+        f"{RESULTS}/logs/report_config.log",
+    params:
+        config=config,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/report_config.py"

@@ -14,4 +14,5 @@ from selma3d.evaluate import evaluate_manifest_split  # noqa: E402
 
 evaluate_manifest_split(snakemake.input.predictions, snakemake.input.manifest, snakemake.wildcards.protocol,
                         snakemake.output.cases, workers=snakemake.params.workers,
-                        ignore_label=snakemake.params.ignore_label)
+                        ignore_label=snakemake.params.ignore_label,
+                        background_values=tuple(snakemake.params.background_values))

@@ -1,4 +1,4 @@
-"""Rule figures: qualitative overlays and label-efficiency curves."""
+"""Rules figures, figures_data, figures_pretrain, figures_finetune: draw one rule's figures."""
 
 import sys
 from pathlib import Path
@@ -12,4 +12,4 @@ setup_logging()
 
 from selma3d.figures import make_figures  # noqa: E402
 
-make_figures(snakemake.input.cases, snakemake.input.manifest, snakemake.input.predictions, snakemake.output)
+make_figures(snakemake.params.kind, snakemake.input, snakemake.output, dict(snakemake.params.items()))

@@ -1,0 +1,20 @@
+"""Rule patchset: one structure's unannotated patch files -> one filtered store plus an index."""
+
+import sys
+from pathlib import Path
+
+sys.stderr = open(snakemake.log[0], "w", buffering=1)
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
+
+from selma3d.logs import setup_logging  # noqa: E402
+
+setup_logging()
+
+from selma3d.patchset import collect_patch_files, manifest_patch_files  # noqa: E402
+
+p = snakemake.params
+files, meta = manifest_patch_files(snakemake.input.manifest, snakemake.wildcards.shard)
+collect_patch_files(files, snakemake.output.store, snakemake.output.index, patch_size=p.patch_size,
+                    min_foreground=p.min_foreground, intensity_threshold=p.intensity_threshold,
+                    background_share=p.background_share, seed=p.seed, meta_rows=meta, workers=p.workers,
+                    progress=False)
