@@ -160,7 +160,7 @@ def test_overlay_is_aligned_with_the_mask():
     assert np.allclose(rgb[~mask], base[~mask][:, None])
     edge = F.outline(base, mask, F.GT_RGB)
     green = (edge[..., 1] - edge[..., 0]) > 0.5
-    assert green.sum() == 8 and green[mask].all() and not green[3, 7]  # ring of the 3x3 block
+    assert green.sum() == 8 and not green[~mask].any() and not green[3, 7]  # inner ring of the 3x3 block
 
 
 def test_choose_cases_takes_the_median_case():
@@ -220,8 +220,20 @@ def test_make_figures_entry_points(tree, tmp_path):
                                                  predictions=tree.pred_dirs), out, {"cases_per_structure": 1})
     for p in vars(out).values():
         _check_png(p, min_std=0.02)
+    F.make_figures("data", SimpleNamespace(manifest=tree.manifest, indexes=tree.indexes),
+                   SimpleNamespace(examples=tmp_path / "ex.png", patch_counts=tmp_path / "pc.png"), {"min_foreground": 0.05})
+    F.make_figures("pretrain", SimpleNamespace(curves=list(tree.curves.values())), SimpleNamespace(curves=tmp_path / "pt.png"))
+    F.make_figures("finetune", SimpleNamespace(logs=tree.logs), SimpleNamespace(curves=tmp_path / "ft.png"))
+    for name in ("ex", "pc", "pt", "ft"):
+        _check_png(tmp_path / f"{name}.png", min_std=0.02)
     with pytest.raises(ValueError, match="figure kind"):
         F.make_figures("nope", None, None)
+
+
+def test_config_report(tmp_path):
+    T.write_config_report({"finetune": {"budgets": [1, "all"]}, "results_dir": "r"}, tmp_path / "c.yaml", tmp_path / "c.html")
+    assert "budgets: [1, all]" in (tmp_path / "c.yaml").read_text()
+    assert "<pre>" in (tmp_path / "c.html").read_text()
 
 
 def test_empty_inputs_give_an_explaining_figure(tmp_path):

@@ -154,7 +154,7 @@ def _metric_axis(ax, metric: str) -> None:
 
     if metric.startswith("betti"):
         ax.set_yscale("symlog", linthresh=1)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v >= 0 else ""))
     ymax = float(ax.dataLim.ymax) if np.isfinite(ax.dataLim.ymax) else 0.0
     if ymax <= 0:
         top = 1.0
@@ -162,13 +162,14 @@ def _metric_axis(ax, metric: str) -> None:
         top = ymax * 1.6 + 0.5
     else:
         top = max(ax.get_ylim()[1], ymax * 1.06)
-    ax.set_ylim(-0.025 * top, top)  # a little below 0 so markers at 0 stay visible
+    bottom = -0.3 if metric.startswith("betti") else -0.025 * top  # markers at 0 stay visible
+    ax.set_ylim(bottom, top)
 
 
 def _integer_x(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
 
 
 def _secondary_metric(structure: str, category: str, protocol: str) -> str:
@@ -586,7 +587,7 @@ def pretrain_curves(loss_csvs: Mapping[str, str | Path], out: str | Path, window
         df = _read_curve(loss_csvs[name], ("step", "loss"))
         w = window or max(len(df) // 20, 1)
         ax.plot(df["step"], df["loss"], color=colours[name], alpha=0.3, lw=0.7, label="raw")
-        ax.plot(df["step"], smooth(df["loss"].to_numpy(), w), color=colours[name], lw=1.6, label=f"mean of {w}")
+        ax.plot(df["step"], smooth(df["loss"].to_numpy(), w), color=colours[name], lw=1.6, label=f"rolling mean ({w})")
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")

@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
@@ -123,6 +124,8 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
                 "delta": delta, "ssl_better": _better(delta, r["metric"]),
             })
     out = pd.DataFrame(rows, columns=TABLE6_COLUMNS)
+    out["ssl_better"] = pd.Series([None if v is None else bool(v) for v in out["ssl_better"]], index=out.index,
+                                  dtype=object)  # True / False / None (no baseline), never numpy bools
     if out.empty:
         return out
     metric_pos = {m: i for i, m in enumerate(METRIC_COLUMNS)}
@@ -190,7 +193,7 @@ def _ablation_rows(t6: pd.DataFrame, baseline: str):
                 text = _cell(float(r["ssl_mean"]), float(r["ssl_std"]), m)
                 if not math.isnan(float(r["delta"])):
                     text += f" (Δ {_num(float(r['delta']), m, signed=True)})"
-                cells.append((text, r["ssl_better"] is True))
+                cells.append((text, isinstance(r["ssl_better"], (bool, np.bool_)) and bool(r["ssl_better"])))
             yield f"{strategy} / {mode} / {budget}", cells, False
 
 

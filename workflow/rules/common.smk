@@ -142,6 +142,42 @@ def get_final_output():
     return [
         f"{RESULTS}/leaderboard/leaderboard.md",
         f"{RESULTS}/leaderboard/leaderboard.csv",
-        f"{RESULTS}/figures/qualitative.png",
-        f"{RESULTS}/figures/dice_vs_budget.png",
-    ]
+    ] + report_outputs()
+
+
+# Figures and tables of the report (rules in report.smk)
+FIGURES = config.get("figures", {}) or {}
+FIG = f"{RESULTS}/figures"
+TABLES = f"{RESULTS}/tables"
+
+
+def _fig(name):
+    """The PNG and PDF of a figure (the PDF is written beside the PNG)."""
+    return f"{FIG}/{name}.png", f"{FIG}/{name}.pdf"
+
+
+def _report_fig(name, caption, category, subcategory, **labels):
+    return report(
+        f"{FIG}/{name}.png",
+        caption=f"../report/{caption}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels={"figure": name.replace("_", " "), **labels},
+    )
+
+
+def report_outputs():
+    """Every figure, table and page of the report (PNG + PDF per figure) for `rule all`."""
+    names = ["data_examples", "patch_counts", "finetune_curves", "qualitative", "qualitative_mip",
+             "dice_vs_budget", "ssl_ablation", "distributions"]
+    if SSL_STRATEGIES:
+        names.append("pretrain_loss")
+    out = [p for n in names for p in _fig(n)]
+    out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
+    out += table_pages()
+    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html"]
+    return out
+
+
+def table_pages():
+    return [f"{TABLES}/{kind}_{p}.html" for p in config["evaluate"]["protocols"] for kind in ("leaderboard", "table6")]
