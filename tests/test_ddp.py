@@ -10,27 +10,13 @@ of the segmentation net's encoder). The test uses ``mae``.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import torch
+from helpers import make_patch_store
 
 CONFIG = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4], "lr": 1e-3,
           "warmup_steps": 1, "mask_ratio": 0.5, "mask_cube": 8}
-
-
-def make_patch_store(folder, n=6, size=40, seed=0):
-    import zarr
-
-    rng = np.random.default_rng(seed)
-    data = rng.gamma(2.0, 100.0, size=(n, size, size, size)).astype(np.float32)
-    arr = zarr.create_array(str(folder / "vol.zarr"), shape=data.shape, chunks=(1, size, size, size),
-                            dtype="float32")
-    arr[...] = data
-    pd.DataFrame({"patch": range(n), "volume": "vol", "structure": "cfos", "category": "isolated_sparse",
-                  "spacing_um": "4,3.2,3.2"}).to_csv(folder / "vol.csv", index=False)
-    return folder / "vol.csv"
 
 
 def run(tmp_path, index, name, **kw):
@@ -70,4 +56,3 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_shards(tmp_path, monkeyp
     # both ranks ran and joined the gloo group
     logs = "".join(p.read_text() for p in (tmp_path / "ranks").rglob("*.log"))
     assert "rank 1/2 joined the gloo process group" in logs, logs[-2000:]
-    assert os.environ["SELMA3D_DEVICE"] == "cpu"

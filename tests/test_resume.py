@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import make_patch_store
 
 STEPS = 24
 CONFIG = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4], "lr": 1e-3,
@@ -36,20 +37,6 @@ RUNNER = textwrap.dedent("""
         P._LossModule.forward = forward
     P.pretrain("mae", **args)
 """)
-
-
-def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0) -> Path:
-    """A patchify-like output: a zarr array of n cubes plus its index CSV."""
-    import zarr
-
-    rng = np.random.default_rng(seed)
-    data = rng.gamma(2.0, 100.0, size=(n, size, size, size)).astype(np.float32)
-    arr = zarr.create_array(str(folder / "vol.zarr"), shape=data.shape, chunks=(1, size, size, size),
-                            dtype="float32")
-    arr[...] = data
-    pd.DataFrame({"patch": range(n), "volume": "vol", "structure": "cfos", "category": "isolated_sparse",
-                  "spacing_um": "4,3.2,3.2"}).to_csv(folder / "vol.csv", index=False)
-    return folder / "vol.csv"
 
 
 def start(tmp_path: Path, index: Path, name: str, workers: int, slow: float = 0.0) -> subprocess.Popen:

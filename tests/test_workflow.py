@@ -3,7 +3,6 @@ config caught before any job, and a tiny end-to-end run on the synthetic dataset
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import time

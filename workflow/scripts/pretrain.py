@@ -16,8 +16,10 @@ from selma3d.runtime import configure_threads  # noqa: E402
 p = snakemake.params
 configure_threads()
 config = resolve_strategy_config(snakemake.wildcards.strategy, p.model, p.strategy_config)
+# a strategy block wins over pretrain.batch_size, which wins over the team default
+batch_size = p.strategy_config.get("batch_size") or p.batch_size or config["batch_size"]
 pretrain(snakemake.wildcards.strategy, config, list(snakemake.input.indexes), snakemake.output.weights,
-         snakemake.output.curve, steps=p.steps, batch_size=config.get("batch_size", p.batch_size), seed=p.seed,
+         snakemake.output.curve, steps=p.steps, batch_size=batch_size, seed=p.seed,
          num_workers=p.num_workers, log_every=p.log_every, checkpoint_dir=p.checkpoint_dir,
          checkpoint_every=p.checkpoint_every, precision=p.precision, extra_meta=p.dataset_meta,
          gpus=p.gpus, ddp_log_dir=Path(snakemake.log[0]).with_suffix(".ranks"), **p.speed)

@@ -1,0 +1,22 @@
+"""Builders shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0) -> Path:
+    """A patchify-like output: a zarr array of n cubes plus its index CSV."""
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    data = rng.gamma(2.0, 100.0, size=(n, size, size, size)).astype(np.float32)
+    arr = zarr.create_array(str(folder / "vol.zarr"), shape=data.shape, chunks=(1, size, size, size),
+                            dtype="float32")
+    arr[...] = data
+    pd.DataFrame({"patch": range(n), "volume": "vol", "structure": "cfos", "category": "isolated_sparse",
+                  "spacing_um": "4,3.2,3.2"}).to_csv(folder / "vol.csv", index=False)
+    return folder / "vol.csv"
