@@ -15,7 +15,7 @@ rule pretrain:
     params:
         strategy_config=strategy_block,
         model=config["model"],
-        steps=config["pretrain"]["steps"],
+        steps=lambda wc: strategy_block(wc).get("steps", config["pretrain"]["steps"]),
         batch_size=config["pretrain"]["batch_size"],
         num_workers=config["pretrain"]["num_workers"],
         log_every=config["pretrain"]["log_every"],
