@@ -189,6 +189,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     val_every = int(settings.get("val_every", 100))
     fg_prob = float(settings.get("foreground_oversample", 0.5))
     precision = settings.get("precision", "auto")
+    val_overlap = float(settings.get("val_overlap", 0.25))
 
     log.info("finetuning %s mode on %d cases (%s), val %d cases, %d steps, device %s", mode, len(cases),
              ", ".join(sorted({c.structure for c in cases})), len(val_cases), steps, device)
@@ -211,7 +212,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
         row = {"step": step, "loss": float(total.detach())}
         if (step + 1) % val_every == 0 or step + 1 == steps:
             net.eval()
-            scores = [dice_score(predict_probability(net, c.image, roi, device, precision=precision) > 0.5,
+            scores = [dice_score(predict_probability(net, c.image, roi, device, overlap=val_overlap,
+                                                     precision=precision) > 0.5,
                                  c.label.astype(bool), c.ignore) for c in val_cases]
             row["val_dice"] = float(np.mean(scores))
             if row["val_dice"] > best["dice"]:
