@@ -116,10 +116,6 @@ def strategy_block(wildcards):
     return dict(config["pretrain"].get(wildcards.strategy, {}))
 
 
-def loss_for_categories():
-    return dict(config["finetune"]["loss"])
-
-
 def gpu_resources(kind="train"):
     res = config["resources"]["gpu_rule"]
     runtime = res["runtime"] if kind == "train" else res["infer_runtime"]
