@@ -17,6 +17,7 @@ def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0) ->
     arr = zarr.create_array(str(folder / "vol.zarr"), shape=data.shape, chunks=(1, size, size, size),
                             dtype="float32")
     arr[...] = data
-    pd.DataFrame({"patch": range(n), "volume": "vol", "structure": "cfos", "category": "isolated_sparse",
-                  "spacing_um": "4,3.2,3.2"}).to_csv(folder / "vol.csv", index=False)
+    pd.DataFrame({"volume": "vol", "structure": "cfos", "category": "isolated_sparse", "spacing_um": "4,3.2,3.2",
+                  "patch": range(n), "z": 0, "y": 0, "x": 0, "foreground_fraction": 1.0, "background": False,
+                  "store": "vol.zarr", "level": 0}).to_csv(folder / "vol.csv", index=False)
     return folder / "vol.csv"

@@ -22,18 +22,10 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 
 
 def read_patch_index(paths: list[str | Path]) -> pd.DataFrame:
-    """Concatenate patchify index tables; each row knows its store (``store`` column)."""
-    frames = []
-    for p in paths:
-        df = pd.read_csv(p)
-        if "store" not in df.columns:
-            df["store"] = str(Path(p).with_suffix(".zarr"))
-        else:  # patchify records the store beside its index, by name
-            df["store"] = [str(s if Path(s).is_absolute() else Path(p).parent / s) for s in df["store"]]
-        frames.append(df)
-    if not frames:
-        raise ValueError("no patch index tables given to pretraining")
-    index = pd.concat(frames, ignore_index=True)
+    """Every patch that pretraining may sample: patchify's index tables, checked non-empty."""
+    from .patchify import load_patch_index
+
+    index = load_patch_index(list(paths))
     if index.empty:
         raise ValueError(f"patch indexes {list(map(str, paths))} hold no patches: lower "
                          "preprocess.min_foreground or the intensity threshold")
