@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 
 
-def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0) -> Path:
+def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0, name: str = "vol") -> Path:
     """A patchify-like output: a zarr array of n cubes plus its index CSV."""
     import zarr
 
     rng = np.random.default_rng(seed)
     data = rng.gamma(2.0, 100.0, size=(n, size, size, size)).astype(np.float32)
-    arr = zarr.create_array(str(folder / "vol.zarr"), shape=data.shape, chunks=(1, size, size, size),
+    arr = zarr.create_array(str(folder / f"{name}.zarr"), shape=data.shape, chunks=(1, size, size, size),
                             dtype="float32")
     arr[...] = data
-    pd.DataFrame({"volume": "vol", "structure": "cfos", "category": "isolated_sparse", "spacing_um": "4,3.2,3.2",
+    pd.DataFrame({"volume": name, "structure": "cfos", "category": "isolated_sparse", "spacing_um": "4,3.2,3.2",
                   "patch": range(n), "z": 0, "y": 0, "x": 0, "foreground_fraction": 1.0, "background": False,
-                  "store": "vol.zarr", "level": 0}).to_csv(folder / "vol.csv", index=False)
-    return folder / "vol.csv"
+                  "store": f"{name}.zarr", "level": 0}).to_csv(folder / f"{name}.csv", index=False)
+    return folder / f"{name}.csv"

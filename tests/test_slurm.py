@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from helpers import make_patch_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,6 @@ def install_fakes(bin_dir: Path) -> None:
 def prefill(results: Path, volume_names: list[str], brain: Path) -> None:
     """Upstream outputs as earlier runs would have left them (so only the jobs under test run)."""
     import torch
-    import zarr
 
     from selma3d.models import build_segmentation_net
     from selma3d.zarrstore import write_zarr_volume
@@ -99,12 +99,8 @@ def prefill(results: Path, volume_names: list[str], brain: Path) -> None:
              "spacing_um": "4,1.6,1.6", "path": f"c{i}_{role}.nii.gz"} for i in range(3) for role in ("image", "label")]
     pd.DataFrame(rows).to_csv(results / "data" / "manifest.csv", index=False)
     (results / "patches").mkdir()
-    for name in volume_names:
-        arr = zarr.create_array(str(results / "patches" / f"{name}.zarr"), shape=(2, 40, 40, 40),
-                                chunks=(1, 40, 40, 40), dtype="float32")
-        arr[...] = rng.gamma(2.0, 100.0, size=(2, 40, 40, 40)).astype(np.float32)
-        pd.DataFrame({"patch": [0, 1], "volume": name, "structure": "cfos",
-                      "category": "isolated_sparse"}).to_csv(results / "patches" / f"{name}.csv", index=False)
+    for seed, name in enumerate(volume_names):
+        make_patch_store(results / "patches", n=2, seed=seed, name=name)
     (results / "splits").mkdir()
     pd.DataFrame(rows[:2]).to_csv(results / "splits" / "b1_s0.csv", index=False)
     run = results / "finetune" / "scratch" / "full" / "b1_s0"
