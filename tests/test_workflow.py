@@ -66,6 +66,7 @@ def test_finetuning_a_strategy_that_is_not_pretrained_is_refused(tmp_path):
     assert "dino" in res.stderr + res.stdout
 
 
+TINY_UNET = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [8, 8, 16, 32, 64, 8]}
 TINY = {
     "dataset": {"synthetic": {
         "unannotated": [{"structure": "cfos_neuron", "count": 1, "shape": [32, 64, 64]},
@@ -77,17 +78,33 @@ TINY = {
     }},
     "preprocess": {"target_spacing_um": [4.0, 1.6, 1.6], "pyramid_levels": 2, "patch_size": 32,
                    "intensity_threshold": "otsu", "min_foreground": 0.05},
-    "model": {"backbone": "unet", "patch_size": [32, 32, 32]},
-    "pretrain": {"strategies": ["mae"], "steps": 3, "batch_size": 2, "num_workers": 0,
-                 "mae": {"backbone": "unet"}},
-    "finetune": {"strategies": ["scratch", "mae"], "budgets": [1, "all"], "seeds": [0], "steps": 4,
+    "model": TINY_UNET,
+    # all six SSL strategies, each on the smallest net its backbone allows
+    "pretrain": {"strategies": ["mae", "byol", "simclr", "swin_multitask", "dino", "mae_text"],
+                 "steps": 2, "batch_size": 2, "num_workers": 0, "log_every": 1,
+                 "mae": TINY_UNET, "byol": TINY_UNET, "mae_text": TINY_UNET,
+                 "simclr": {"patch_size": [32, 32, 32], "channels": [8, 16, 32], "strides": [2, 2]},
+                 "swin_multitask": {"patch_size": [64, 64, 64], "feature_size": 12, "out_dim": 64,
+                                    "head_hidden": 32},
+                 "dino": {"patch_size": [32, 32, 32], "vit_patch_size": 8, "hidden_size": 48, "mlp_dim": 96,
+                          "num_layers": 2, "num_heads": 4, "local_size": 16, "n_local_crops": 2,
+                          "out_dim": 64, "head_hidden": 32}},
+    # every finetuning mode: adapter applies to the ViT runs only; scratch_dino = the ViT without SSL
+    "finetune": {"strategies": ["scratch", "mae", "byol", "simclr", "swin_multitask", "dino", "mae_text",
+                                "scratch_dino"],
+                 "modes": ["full", "frozen", "adapter"], "budgets": [1], "seeds": [0], "steps": 2,
                  "val_every": 2, "batch_size": 2},
-    "evaluate": {"protocols": ["selma3d2026", "selma3d2024"], "workers": 1},
+    "evaluate": {"protocols": ["selma3d2026"], "workers": 1},
 }
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end_run_gives_a_finite_leaderboard(tmp_path):
+def test_every_strategy_and_mode_runs_end_to_end_to_a_finite_leaderboard(tmp_path):
+    import torch
+
+    from selma3d.models import encoder_prefixes
+    from selma3d.runplan import finetune_runs
+
     cfg = dict(TINY, results_dir=str(tmp_path / "results"))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
@@ -95,20 +112,33 @@ def test_tiny_end_to_end_run_gives_a_finite_leaderboard(tmp_path):
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     out = tmp_path / "results"
     board = pd.read_csv(out / "leaderboard" / "leaderboard.csv")
-    cases = pd.read_csv(out / "leaderboard" / "cases.csv")
-    assert set(cases.strategy) == {"scratch", "mae"} and set(cases.budget.astype(str)) == {"1", "all"}
-    assert set(cases.protocol) == {"selma3d2024", "selma3d2026"}
+    cases = pd.read_csv(out / "leaderboard" / "cases.csv", dtype={"budget": str})
+    runs = {(s, m, b) for s, m, b, _ in finetune_runs(TINY)}
+    assert {(s, m, b) for s, m, b in cases[["strategy", "mode", "budget"]].itertuples(index=False)} == runs
+    assert {m for s, m, _ in runs if s in ("dino", "scratch_dino")} == {"full", "frozen", "adapter"}
+    assert {m for s, m, _ in runs if s not in ("dino", "scratch_dino")} == {"full", "frozen"}
+    assert set(cases.protocol) == {"selma3d2026"}
     dice = cases["dice"].to_numpy()
     assert np.isfinite(dice).all() and ((dice >= 0) & (dice <= 1)).all()
     means = board.select_dtypes("number").to_numpy().ravel()
-    means = means[np.isfinite(means)]
-    assert means.size > 0
+    assert np.isfinite(means).any()
     md = (out / "leaderboard" / "leaderboard.md").read_text()
-    assert "scratch" in md and "mae" in md
+    assert all(s in md for s in TINY["finetune"]["strategies"])
     for fig in ("qualitative.png", "dice_vs_budget.png"):
         assert (out / "figures" / fig).stat().st_size > 10_000
-    log = (out / "logs" / "finetune" / "mae" / "full" / "b1_s0.log").read_text()
-    assert "loaded" in log and "pretrained tensors" in log
+    for s in TINY["pretrain"]["strategies"]:
+        log = (out / "logs" / "finetune" / s / "full" / "b1_s0.log").read_text()
+        assert "loaded" in log and "pretrained tensors" in log, s
+    # table 6 compares the ViT strategy with the ViT trained without SSL, the others with scratch
+    t6 = pd.read_csv(out / "tables" / "table6.csv")
+    refs = t6.groupby("strategy")["baseline"].unique().to_dict()
+    assert list(refs["dino"]) == ["scratch_dino"] and list(refs["mae"]) == ["scratch"]
+    # frozen finetuning leaves the pretrained encoder bit-identical in the final model
+    pre = torch.load(out / "pretrain" / "mae" / "encoder.pt", weights_only=False)["weights"]
+    ft = torch.load(out / "finetune" / "mae" / "frozen" / "b1_s0" / "model.pt", weights_only=False)["state_dict"]
+    encoder = tuple(encoder_prefixes("unet", TINY_UNET))
+    shared = [k for k in pre if k.startswith(encoder)]
+    assert shared and all(torch.equal(pre[k], ft[k]) for k in shared)
     # a second run has nothing to do: every output is complete and up to date
     res = snakemake("all", "-n", "--nolock", "--configfile", str(tmp_path / "tiny.yaml"))
     assert "Nothing to be done" in res.stdout + res.stderr

@@ -25,6 +25,7 @@ from .errors import InputError
 from .leaderboard import GROUP_METRICS, LABELS, PERCENT_METRICS, group_of
 from .manifest import parse_spacing, read_manifest
 from .structures import CATEGORIES
+from .runplan import is_pretrained
 from .tables import BASELINE, DEFAULT_UNSEEN, ablation_table, budget_key, budget_order, read_cases
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ STYLE = {
 KNOWN_STRATEGIES = ("mae", "byol", "simclr", "dino", "swin_multitask", "mae_text")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
 BASELINE_COLOUR = "#555555"
+#: scratch_<strategy> baselines (same net as an SSL strategy, no pretraining)
+BASELINE_GREYS = ("#8c8c8c", "#b0b0b0", "#6f6f6f", "#c8c8c8")
 PRED_RGB = np.array([1.0, 0.12, 0.12])
 GT_RGB = np.array([0.15, 0.95, 0.2])
 UNSEEN_FACE = "#fff7e0"
@@ -82,13 +85,17 @@ def _no_data(path: str | Path, message: str, size=(4.0, 1.2)):
 
 
 def strategy_colours(strategies) -> dict[str, str]:
-    """``scratch`` grey; known SSL strategies in palette order, unknown ones after them."""
-    names = sorted(set(strategies), key=lambda s: (s != BASELINE, s not in KNOWN_STRATEGIES,
+    """Runs without SSL in greys (``scratch`` darkest); known SSL strategies in palette order,
+    unknown ones after them."""
+    names = sorted(set(strategies), key=lambda s: (s != BASELINE, is_pretrained(s), s not in KNOWN_STRATEGIES,
                                                    KNOWN_STRATEGIES.index(s) if s in KNOWN_STRATEGIES else 0, s))
-    out, k = {}, 0
+    out, k, g = {}, 0, 0
     for s in names:
         if s == BASELINE:
             out[s] = BASELINE_COLOUR
+        elif not is_pretrained(s):
+            out[s] = BASELINE_GREYS[g % len(BASELINE_GREYS)]
+            g += 1
         else:
             out[s] = PALETTE[k % len(PALETTE)]
             k += 1
@@ -411,7 +418,7 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, protocol: str | None 
                 ok = mean.notna().values
                 label = run_label(strategy, mode, multi_mode)
                 h = ax.errorbar(x[ok], mean.values[ok], yerr=std.values[ok] if run["seed"].nunique() > 1 else None,
-                                color=colours[strategy], marker="o", ms=3.5, capsize=2.5, lw=1.4, ls="--" if strategy == BASELINE else mode_styles[mode], label=label)
+                                color=colours[strategy], marker="o", ms=3.5, capsize=2.5, lw=1.4, ls="--" if not is_pretrained(strategy) else mode_styles[mode], label=label)
                 handles.setdefault(label, h)
             ax.set_xticks(x, budgets)
             ax.grid(alpha=0.3, lw=0.5)
@@ -445,8 +452,9 @@ def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = No
     multi_mode = t6["mode"].nunique() > 1
     runs = sorted({(s, m) for s, m in t6[["strategy", "mode"]].itertuples(index=False)},
                   key=lambda r: (strategy_order(t6["strategy"]).index(r[0]), r[1]))
-    colours = strategy_colours(list(t6["strategy"]) + [baseline])
-    n_bars = len(runs) + 1
+    refs = sorted(set(t6["baseline"]), key=lambda b: (b != baseline, b))
+    colours = strategy_colours(list(t6["strategy"]) + refs)
+    n_bars = len(runs) + len(refs)
     width = 0.8 / n_bars
     fig, axes = plt.subplots(2, len(structures), figsize=(max(2.2 * len(structures), 3.2), 4.3), squeeze=False)
     for c, structure in enumerate(structures):
@@ -458,11 +466,12 @@ def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = No
             ax = axes[r, c]
             rows = sub[sub["metric"] == metric]
             x = np.arange(len(budgets))
-            base = rows.drop_duplicates("budget").set_index("budget").reindex(budgets)
-            ax.bar(x - 0.4 + width / 2, base["baseline_mean"] * _scale(metric), width,
-                   yerr=_err(base["baseline_std"], metric), color=colours[baseline], hatch="//",
-                   edgecolor="white", lw=0, capsize=1.5, error_kw={"lw": 0.7}, label=f"{baseline} (no SSL)")
-            for k, (strategy, mode) in enumerate(runs, start=1):
+            for k, ref in enumerate(refs):
+                base = rows[rows["baseline"] == ref].drop_duplicates("budget").set_index("budget").reindex(budgets)
+                ax.bar(x - 0.4 + width * (k + 0.5), base["baseline_mean"] * _scale(metric), width,
+                       yerr=_err(base["baseline_std"], metric), color=colours[ref], hatch="//",
+                       edgecolor="white", lw=0, capsize=1.5, error_kw={"lw": 0.7}, label=f"{ref} (no SSL)")
+            for k, (strategy, mode) in enumerate(runs, start=len(refs)):
                 rr = rows[(rows["strategy"] == strategy) & (rows["mode"] == mode)].set_index("budget").reindex(budgets)
                 ax.bar(x - 0.4 + width * (k + 0.5), rr["ssl_mean"] * _scale(metric), width,
                        yerr=_err(rr["ssl_std"], metric), color=colours[strategy], capsize=1.5,

@@ -134,9 +134,22 @@ def dice_score(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = Non
     return 1.0 if denom == 0 else 2.0 * int((pred & gt).sum()) / denom
 
 
+def scratch_model_config(model_cfg: dict[str, Any], scratch_net: dict | None = None) -> dict[str, Any]:
+    """The net a run without pretraining trains: ``model_cfg``'s, or that of an SSL strategy.
+
+    ``scratch_net`` names the strategy and its config block; its settings resolve exactly as
+    in pretraining, so ``scratch_<s>`` and ``<s>`` finetune the same architecture and patch size.
+    """
+    if not scratch_net:
+        return dict(model_cfg)
+    from .pretrain import resolve_strategy_config
+
+    return {**model_cfg, **resolve_strategy_config(scratch_net["strategy"], model_cfg, scratch_net.get("block") or {})}
+
+
 def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, Any], settings: dict[str, Any],
              model_out: str | Path, curve_out: str | Path, mode: str = "full",
-             pretrained: str | Path | None = None, seed: int = 0) -> dict:
+             pretrained: str | Path | None = None, seed: int = 0, scratch_net: dict | None = None) -> dict:
     """Train the segmentation net on the cases in ``split_csv``; validate on the val split.
 
     Args:
@@ -146,6 +159,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
             ``pretrained`` is given, its stored config wins so names and shapes match.
         settings: finetune config (steps, batch_size, lr, loss, normalize, val_every, ...).
         mode: ``full``, ``frozen`` or ``adapter``.
+        scratch_net: for ``scratch_<s>`` runs, ``{"strategy": s, "block": <s's config block>}``:
+            train ``s``'s network, randomly initialised, instead of ``model_cfg``'s.
     Returns:
         summary dict (best validation Dice and step, tensors loaded).
     """
@@ -167,7 +182,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     else:
         val_cases = [load_case(r, norm, ignore_label, bg_values) for _, r in val_pairs.iterrows()]
 
-    cfg = dict(model_cfg)
+    cfg = scratch_model_config(model_cfg, scratch_net)
     loaded = 0
     if pretrained:
         payload = torch.load(pretrained, map_location="cpu", weights_only=False)

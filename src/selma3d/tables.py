@@ -32,13 +32,14 @@ from .leaderboard import (
     render_markdown,
 )
 from .metrics import METRIC_COLUMNS, PROTOCOLS
+from .runplan import baseline_for, is_pretrained
 
 BASELINE = "scratch"
 #: structures never annotated in the challenge's training data (scored as "unseen")
 DEFAULT_UNSEEN = frozenset({"microglia"})
 TABLE6_COLUMNS = [
     "protocol", "structure", "seen", "group", "strategy", "mode", "budget", "metric",
-    "ssl_mean", "ssl_std", "ssl_n", "baseline_mode", "baseline_mean", "baseline_std", "baseline_n",
+    "ssl_mean", "ssl_std", "ssl_n", "baseline", "baseline_mode", "baseline_mean", "baseline_std", "baseline_n",
     "delta", "ssl_better",
 ]
 
@@ -88,9 +89,11 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
                    unseen=DEFAULT_UNSEEN) -> pd.DataFrame:
     """Table 6 as a long frame: per structure × SSL run × metric, with vs without SSL.
 
-    Each SSL run (strategy, mode, budget) is paired with ``baseline`` at the same budget and
+    Each SSL run (strategy, mode, budget) is paired with its baseline at the same budget and
     mode, or in mode ``full`` when the baseline was not run in that mode (a frozen random
-    encoder is no "without SSL" reference). Metrics are the protocol's metrics of the
+    encoder is no "without SSL" reference). The baseline is ``scratch_<strategy>`` (the same
+    architecture trained without SSL) when that was run, else ``baseline``. Metrics are the
+    protocol's metrics of the
     structure's group (2024: spot Dice, β0; tree Dice, clDice, β0, β1 — 2026: Dice with PQ for
     isolated, clDice for contiguous). ``delta`` = SSL − baseline in raw units;
     ``ssl_better`` respects the metric's direction (Betti errors: lower is better).
@@ -106,9 +109,12 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
         table = build_table(sub, protocol)
         table = table[(table["group"] == group) & table["metric"].isin(metrics)]
         table = table.assign(budget=table["budget"].astype(str))
-        base = table[table["strategy"] == baseline].set_index(["mode", "budget", "metric"])
-        base_modes = set(base.index.get_level_values("mode"))
-        for _, r in table[table["strategy"] != baseline].iterrows():
+        ssl_rows = table[table["strategy"].map(is_pretrained) & (table["strategy"] != baseline)]
+        present = set(table["strategy"])
+        for _, r in ssl_rows.iterrows():
+            ref = baseline_for(r["strategy"], present) if baseline == BASELINE else baseline
+            base = table[table["strategy"] == ref].set_index(["mode", "budget", "metric"])
+            base_modes = set(base.index.get_level_values("mode"))
             bmode = r["mode"] if r["mode"] in base_modes else ("full" if "full" in base_modes else None)
             key = (bmode, r["budget"], r["metric"])
             b = base.loc[key] if bmode is not None and key in base.index else None
@@ -118,7 +124,7 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
                 "protocol": protocol, "structure": structure, "seen": structure not in unseen, "group": group,
                 "strategy": r["strategy"], "mode": r["mode"], "budget": r["budget"], "metric": r["metric"],
                 "ssl_mean": float(r["mean"]), "ssl_std": float(r["std"]), "ssl_n": int(r["n"]),
-                "baseline_mode": bmode if b is not None else "",
+                "baseline": ref, "baseline_mode": bmode if b is not None else "",
                 "baseline_mean": b_mean, "baseline_std": float(b["std"]) if b is not None else math.nan,
                 "baseline_n": int(b["n"]) if b is not None else 0,
                 "delta": delta, "ssl_better": _better(delta, r["metric"]),
@@ -163,25 +169,26 @@ def _ablation_layout(t6: pd.DataFrame):
     blocks = []
     for budget in budget_order(t6["budget"]):
         sub = t6[t6["budget"] == budget]
-        for bmode in sorted(set(sub["baseline_mode"])):
-            runs = sub[sub["baseline_mode"] == bmode]
+        for ref, bmode in sorted(set(sub[["baseline", "baseline_mode"]].itertuples(index=False))):
+            runs = sub[(sub["baseline"] == ref) & (sub["baseline_mode"] == bmode)]
             ssl_runs = sorted({(s, m) for s, m in runs[["strategy", "mode"]].itertuples(index=False)})
-            blocks.append((budget, bmode, ssl_runs))
+            blocks.append((budget, ref, bmode, ssl_runs))
     return cols, blocks
 
 
-def _ablation_rows(t6: pd.DataFrame, baseline: str):
+def _ablation_rows(t6: pd.DataFrame):
     """Yield (label, [(text, best)], is_baseline) rows of the rendered table 6."""
     cols, blocks = _ablation_layout(t6)
     idx = t6.set_index(["strategy", "mode", "budget", "structure", "metric"]).sort_index()
-    for budget, bmode, ssl_runs in blocks:
+    for budget, ref, bmode, ssl_runs in blocks:
         if bmode:
             cells = []
             for s, _, m in cols:
-                hit = t6[(t6["budget"] == budget) & (t6["baseline_mode"] == bmode) & (t6["structure"] == s) & (t6["metric"] == m)]
+                hit = t6[(t6["budget"] == budget) & (t6["baseline"] == ref) & (t6["baseline_mode"] == bmode)
+                         & (t6["structure"] == s) & (t6["metric"] == m)]
                 cells.append((_cell(float(hit["baseline_mean"].iloc[0]), float(hit["baseline_std"].iloc[0]), m), False)
                              if len(hit) else ("", False))
-            yield f"{baseline} / {bmode} / {budget} (no SSL)", cells, True
+            yield f"{ref} / {bmode} / {budget} (no SSL)", cells, True
         for strategy, mode in ssl_runs:
             cells = []
             for s, _, m in cols:
@@ -205,7 +212,7 @@ def render_ablation_markdown(t6: pd.DataFrame, protocol: str, baseline: str = BA
     cols, _ = _ablation_layout(t6)
     header = ["strategy / mode / budget"] + [f"{_structure_label(s, seen)} {LABELS.get(m, m)}" for s, seen, m in cols]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cells, _ in _ablation_rows(t6, baseline):
+    for label, cells, _ in _ablation_rows(t6):
         lines.append("| " + " | ".join([label] + [f"**{t}**" if best else t for t, best in cells]) + " |")
     lines += ["", f"Mean ± sample std over cases and seeds; Dice/clDice/PQ in %; Δ = with SSL − without "
               f"({baseline}), in points; bold = SSL better (β errors: lower is better).", ""]
@@ -234,7 +241,7 @@ def render_ablation_latex(t6: pd.DataFrame, protocol: str, baseline: str = BASEL
              " & ".join(["Strategy / mode / budget"] + [TEX_LABELS.get(m, _tex(m)) for _, _, m in cols]) + r" \\",
              r"\midrule"]
     first = True
-    for label, cells, is_base in _ablation_rows(t6, baseline):
+    for label, cells, is_base in _ablation_rows(t6):
         if is_base and not first:
             lines.append(r"\midrule")
         first = False

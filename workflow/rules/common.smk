@@ -2,6 +2,8 @@
 import csv
 from pathlib import Path
 
+from selma3d import runplan
+
 RESULTS = config["results_dir"]
 DATASET = config["dataset"]
 SSL_STRATEGIES = config["pretrain"]["strategies"]
@@ -19,15 +21,6 @@ wildcard_constraints:
     budget=r"\d+|all",
     seed=r"\d+",
     protocol=r"selma3d2024|selma3d2026",
-
-
-def _check_strategies():
-    missing = [s for s in FT_STRATEGIES if s != "scratch" and s not in SSL_STRATEGIES]
-    if missing:
-        raise ValueError(
-            f"config: finetune.strategies lists {missing}, which pretrain.strategies "
-            f"{SSL_STRATEGIES} does not pretrain; add them there or remove them"
-        )
 
 
 def manifest_path():
@@ -82,14 +75,8 @@ def budget_values():
 
 
 def run_ids():
-    """(strategy, mode, budget, seed) for every finetuning run configured."""
-    return [
-        (s, m, b, str(seed))
-        for s in FT_STRATEGIES
-        for m in config["finetune"]["modes"]
-        for b in budget_values()
-        for seed in config["finetune"]["seeds"]
-    ]
+    """(strategy, mode, budget, seed) for every finetuning run configured (selma3d.runplan)."""
+    return runplan.finetune_runs(config)
 
 
 def run_dir(kind, s, m, b, seed):
@@ -98,9 +85,17 @@ def run_dir(kind, s, m, b, seed):
 
 def pretrained_weights(wildcards):
     """The encoder weights a finetuning run starts from (none for scratch)."""
-    if wildcards.strategy == "scratch":
+    if not runplan.is_pretrained(wildcards.strategy):
         return []
     return f"{RESULTS}/pretrain/{wildcards.strategy}/encoder.pt"
+
+
+def scratch_net(wildcards):
+    """For ``scratch_<s>``: the SSL strategy whose network to train, and its config block."""
+    ref = runplan.scratch_reference(wildcards.strategy)
+    if ref is None:
+        return {}
+    return {"strategy": ref, "block": dict(config["pretrain"].get(ref) or {})}
 
 
 def patch_indexes(wildcards=None):
@@ -134,7 +129,7 @@ def eval_tables(protocol):
 
 
 def get_final_output():
-    _check_strategies()
+    runplan.check_strategies(config)
     return [
         f"{RESULTS}/leaderboard/leaderboard.md",
         f"{RESULTS}/leaderboard/leaderboard.csv",

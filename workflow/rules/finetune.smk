@@ -30,6 +30,7 @@ rule finetune:
         f"{RESULTS}/benchmarks/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
     params:
         model=config["model"],
+        scratch_net=scratch_net,
         settings={
             k: v
             for k, v in config["finetune"].items()

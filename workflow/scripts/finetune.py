@@ -17,5 +17,6 @@ configure_threads()
 w = snakemake.wildcards
 summary = finetune(snakemake.input.manifest, snakemake.input.split, snakemake.params.model,
                    snakemake.params.settings, snakemake.output.model, snakemake.output.curve, mode=w.mode,
-                   pretrained=snakemake.input.pretrained or None, seed=int(w.seed))
+                   pretrained=snakemake.input.pretrained or None, seed=int(w.seed),
+                   scratch_net=snakemake.params.scratch_net or None)
 print(f"finetune summary: {summary}", file=sys.stderr)

@@ -1,32 +1,35 @@
 """Self-supervised pretraining strategies, registered by config name.
 
 Adding a strategy: one module in this package that defines a ``Strategy`` subclass decorated
-with ``@register("name")``, plus one import line in ``_MODULES`` below.
+with ``@register("name")``, plus one line in ``_CATALOG`` below (its module and default backbone).
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from .base import Strategy
+if TYPE_CHECKING:  # torch stays unimported until a strategy is built
+    from .base import Strategy
 
-_REGISTRY: dict[str, type[Strategy]] = {}
+_REGISTRY: dict[str, type["Strategy"]] = {}
 
-#: strategy name -> module that registers it (imported lazily so a dry-run never imports torch)
-_MODULES = {
-    "mae": "selma3d.ssl.mae",
-    "byol": "selma3d.ssl.byol",
-    "simclr": "selma3d.ssl.simclr",
-    "swin_multitask": "selma3d.ssl.swin_multitask",
-    "dino": "selma3d.ssl.dino",
-    "mae_text": "selma3d.ssl.mae_text",
+#: strategy name -> (module that registers it, default backbone). Modules are imported lazily,
+#: so the workflow plans its runs (``selma3d.runplan``) without importing torch.
+_CATALOG = {
+    "mae": ("selma3d.ssl.mae", "swinunetr"),
+    "byol": ("selma3d.ssl.byol", "unet"),
+    "simclr": ("selma3d.ssl.simclr", "attention_unet"),
+    "swin_multitask": ("selma3d.ssl.swin_multitask", "swinunetr"),
+    "dino": ("selma3d.ssl.dino", "vit"),
+    "mae_text": ("selma3d.ssl.mae_text", "swinunetr"),
 }
 
 
 def register(name: str):
     """Class decorator: make a Strategy available under ``name``."""
 
-    def wrap(cls: type[Strategy]) -> type[Strategy]:
+    def wrap(cls):
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -36,17 +39,24 @@ def register(name: str):
 
 def available() -> list[str]:
     """Names of every SSL strategy (``scratch`` is not one: it skips pretraining)."""
-    return sorted(_MODULES)
+    return sorted(_CATALOG)
 
 
-def get_strategy(name: str) -> type[Strategy]:
+def default_backbone(name: str) -> str:
+    """The backbone a strategy uses when its config block names none (its class default)."""
+    if name not in _CATALOG:
+        raise KeyError(f"unknown SSL strategy {name!r}; available: {available()}")
+    return _CATALOG[name][1]
+
+
+def get_strategy(name: str) -> type["Strategy"]:
     """The Strategy class for a config name; a clear error lists the known names."""
-    if name not in _MODULES:
+    if name not in _CATALOG:
         raise KeyError(f"unknown SSL strategy {name!r}; available: {available()}")
     if name not in _REGISTRY:
-        importlib.import_module(_MODULES[name])
+        importlib.import_module(_CATALOG[name][0])
     return _REGISTRY[name]
 
 
-def build_strategy(name: str, config: dict, in_channels: int = 1) -> Strategy:
+def build_strategy(name: str, config: dict, in_channels: int = 1) -> "Strategy":
     return get_strategy(name)(config, in_channels=in_channels)

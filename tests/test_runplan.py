@@ -1,0 +1,75 @@
+"""The run plan: which finetuning runs a config asks for, decided without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from selma3d import runplan, ssl
+
+CONFIG = {
+    "model": {"backbone": "unet"},
+    "pretrain": {"strategies": ["mae", "dino"], "mae": {"backbone": "unet"}},
+    "finetune": {"strategies": ["scratch", "mae", "dino", "scratch_dino"], "modes": ["full", "frozen", "adapter"],
+                 "budgets": [1, "all"], "seeds": [0, 1]},
+}
+
+
+def test_catalog_backbones_equal_the_strategy_classes_defaults():
+    for name in ssl.available():
+        assert ssl.default_backbone(name) == ssl.get_strategy(name).defaults["backbone"], name
+
+
+def test_planning_runs_does_not_import_torch():
+    code = "import sys; from selma3d import runplan; runplan.finetune_runs(%r); print('torch' in sys.modules)" % CONFIG
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_adapter_runs_only_for_vit_strategies():
+    runs = runplan.finetune_runs(CONFIG)
+    modes = {s: {m for s2, m, _, _ in runs if s2 == s} for s in CONFIG["finetune"]["strategies"]}
+    assert modes == {"scratch": {"full", "frozen"}, "mae": {"full", "frozen"},
+                     "dino": {"full", "frozen", "adapter"}, "scratch_dino": {"full", "frozen", "adapter"}}
+    assert len(runs) == (2 + 2 + 3 + 3) * 2 * 2
+    assert ("dino", "adapter", "all", "1") in runs
+
+
+def test_backbones_resolve_as_in_pretraining():
+    assert runplan.strategy_backbone("mae", CONFIG) == "unet"  # block wins over the class default
+    assert runplan.strategy_backbone("dino", CONFIG) == "vit"  # class default wins over the model block
+    assert runplan.strategy_backbone("scratch_dino", CONFIG) == "vit"
+    assert runplan.strategy_backbone("scratch", CONFIG) == "unet"
+    assert runplan.is_pretrained("dino") and not runplan.is_pretrained("scratch_dino")
+    assert runplan.baseline_for("dino", ["scratch", "scratch_dino"]) == "scratch_dino"
+    assert runplan.baseline_for("mae", ["scratch", "scratch_dino"]) == "scratch"
+
+
+@pytest.mark.parametrize("strategies, modes, words", [
+    (["scratch", "byol"], ["full"], ["'byol'", "does not pretrain"]),
+    (["scratch_nope"], ["full"], ["'nope'", "no SSL strategy"]),
+    (["scratch", "mae"], ["adapter"], ["'scratch'", "'vit'"]),
+])
+def test_bad_strategy_lists_are_refused_naming_the_strategy(strategies, modes, words):
+    cfg = {**CONFIG, "finetune": {**CONFIG["finetune"], "strategies": strategies, "modes": modes}}
+    with pytest.raises(ValueError) as err:
+        runplan.check_strategies(cfg)
+    assert all(w in str(err.value) for w in words)
+
+
+def test_scratch_of_a_strategy_trains_that_strategys_net():
+    from selma3d.finetune import scratch_model_config
+    from selma3d.models import build_segmentation_net
+    from selma3d.pretrain import resolve_strategy_config
+
+    model = {"backbone": "unet", "patch_size": [32, 32, 32]}
+    block = {"patch_size": [32, 32, 32], "vit_patch_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2,
+             "num_heads": 4}
+    cfg = scratch_model_config(model, {"strategy": "dino", "block": block})
+    pretrained_cfg = {**model, **resolve_strategy_config("dino", model, block)}
+    assert cfg == pretrained_cfg and cfg["backbone"] == "vit"
+    a, b = build_segmentation_net(cfg).state_dict(), build_segmentation_net(pretrained_cfg).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert scratch_model_config(model, None) == model
