@@ -161,3 +161,12 @@ def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
     assert np.isfinite(cases.dice).all()
     log = (out / "logs" / "finetune" / "scratch" / "full" / "ball_s0.log").read_text()
     assert "val Dice" in log and "8 cases" in log
+
+
+def test_rule_scripts_import_the_library_beside_them():
+    """Scripts put <repo>/src first on sys.path, so a checkout runs its own library even when
+    another copy is installed (scriptdir may read workflow/rules/../scripts)."""
+    scriptdir = REPO / "workflow" / "rules" / ".." / "scripts"
+    assert scriptdir.resolve().parents[1] / "src" == REPO / "src"
+    for script in (REPO / "workflow" / "scripts").glob("*.py"):
+        assert 'Path(snakemake.scriptdir).resolve().parents[1] / "src"' in script.read_text(), script.name

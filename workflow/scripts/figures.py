@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))  # the library, installed or not
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
 from selma3d.logs import setup_logging  # noqa: E402
 
