@@ -147,8 +147,9 @@ def test_every_strategy_and_mode_runs_end_to_end_to_a_finite_leaderboard(tmp_pat
 @pytest.mark.slow
 def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
     fast = {"results_dir": str(tmp_path / "r"),
-            "pretrain": {"steps": 4, "batch_size": 2, "num_workers": 0},
-            "finetune": {"steps": 30, "val_every": 15, "batch_size": 2, "lr": 0.003},
+            "pretrain": {"strategies": ["mae"], "steps": 4, "batch_size": 2, "num_workers": 0},
+            "finetune": {"strategies": ["scratch", "mae"], "steps": 30, "val_every": 15, "batch_size": 2,
+                         "lr": 0.003},
             "infer": {"overlap": 0.25}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
     res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
