@@ -131,3 +131,18 @@ def test_checkpoint_restores_model_optimiser_and_rng(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     assert load_checkpoint(tmp_path / "missing.pt", model=net2) == 0
     assert not list(tmp_path.glob("*.incomplete*"))
+
+
+def test_a_checkpoint_from_other_settings_is_not_resumed(tmp_path):
+    from selma3d.checkpoint import run_key
+
+    net = torch.nn.Linear(3, 2)
+    old = run_key(config={"patch_size": [64, 64, 64]}, steps=200)
+    new = run_key(config={"patch_size": [32, 32, 32]}, steps=200)
+    assert old != new and new == run_key(steps=200, config={"patch_size": [32, 32, 32]})
+    save_checkpoint(tmp_path / "last.pt", 41, old, model=net)
+    fresh = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    assert load_checkpoint(tmp_path / "last.pt", new, model=fresh) == 0
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert load_checkpoint(tmp_path / "last.pt", old, model=fresh) == 41

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 from pathlib import Path
@@ -29,9 +31,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: str | Path, step: int, **objects) -> None:
-    """Save ``state_dict()`` of each object (model, optimizer, scheduler ...) plus RNG states."""
-    payload = {"step": step, "rng": rng_state()}
+def run_key(**settings) -> str:
+    """A fingerprint of what a run trains (config, steps, batch, seed ...), stored in its checkpoints."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | Path, step: int, key: str | None = None, **objects) -> None:
+    """Save ``state_dict()`` of each object (model, optimizer, scheduler ...), RNG states and the run's key."""
+    payload = {"step": step, "rng": rng_state(), "run_key": key}
     for name, obj in objects.items():
         payload[name] = obj.state_dict() if hasattr(obj, "state_dict") else obj
     with atomic_path(path) as tmp:
@@ -39,12 +47,19 @@ def save_checkpoint(path: str | Path, step: int, **objects) -> None:
     log.info("checkpoint at step %d -> %s", step, path)
 
 
-def load_checkpoint(path: str | Path, **objects) -> int:
-    """Restore objects and RNG states from ``path``; returns the step to continue from (0 if none)."""
+def load_checkpoint(path: str | Path, key: str | None = None, **objects) -> int:
+    """Restore objects and RNG states from ``path``; returns the step to continue from.
+
+    0 when there is no checkpoint, or when it was written by a run with another ``key`` (the
+    config changed since): resuming it would silently mix two runs, so it is ignored.
+    """
     path = Path(path)
     if not path.exists():
         return 0
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    if payload.get("run_key") != key:
+        log.warning("ignoring %s: written by another run (settings changed since); starting at step 0", path)
+        return 0
     for name, obj in objects.items():
         if name in payload and hasattr(obj, "load_state_dict"):
             obj.load_state_dict(payload[name])

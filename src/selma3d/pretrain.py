@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from . import ssl
 from .atomic import atomic_path
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, run_key, save_checkpoint
 from .patches import PatchSampleDataset, StepBatchSampler, collate, read_patch_index
 from .runtime import autocast, pick_device, seed_everything
 
@@ -98,7 +98,9 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
     patch_size = tuple(config.get("patch_size", (96, 96, 96)))
     dataset = PatchSampleDataset(index, patch_size, config.get("normalize", "percentile"))
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    start = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler) if ckpt else 0
+    key = run_key(strategy=strategy, config=config, steps=steps, batch_size=batch_size, seed=seed,
+                  shards=shards, indexes=sorted(Path(p).name for p in patch_indexes))
+    start = load_checkpoint(ckpt, key, model=model, optimizer=optimizer, scheduler=scheduler) if ckpt else 0
     curve_rows = _read_curve(Path(checkpoint_dir) / "curve.csv") if ckpt and start else []
     curve_rows = [r for r in curve_rows if r["step"] < start]
     sampler = StepBatchSampler(len(dataset), batch_size, seed, start, steps)
@@ -171,7 +173,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
             log.info("step %d/%d loss %.4f (%.1f samples/s%s)", step + 1, steps, stats[0], rate, mem)
         if ckpt and info.is_main and ((step + 1) % checkpoint_every == 0 or stop_now) and step + 1 < steps:
             _write_curve(Path(checkpoint_dir) / "curve.csv", curve_rows)
-            save_checkpoint(ckpt, step + 1, model=model, optimizer=optimizer, scheduler=scheduler)
+            save_checkpoint(ckpt, step + 1, key, model=model, optimizer=optimizer, scheduler=scheduler)
         if stop_now and step + 1 < steps:
             log.warning("stopping on a signal after step %d; a rerun resumes from %s", step + 1, ckpt)
             stop.restore()
