@@ -24,8 +24,8 @@ from .atomic import atomic_path
 from .errors import InputError
 from .leaderboard import GROUP_METRICS, LABELS, PERCENT_METRICS, group_of
 from .manifest import parse_spacing, read_manifest
-from .structures import CATEGORIES
 from .runplan import is_pretrained
+from .structures import CATEGORIES
 from .tables import BASELINE, DEFAULT_UNSEEN, ablation_table, budget_key, budget_order, read_cases
 
 log = logging.getLogger(__name__)

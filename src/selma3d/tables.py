@@ -32,9 +32,9 @@ from .leaderboard import (
     render_markdown,
 )
 from .metrics import METRIC_COLUMNS, PROTOCOLS
-from .runplan import baseline_for, is_pretrained
+from .runplan import SCRATCH, baseline_for, is_pretrained
 
-BASELINE = "scratch"
+BASELINE = SCRATCH
 #: structures never annotated in the challenge's training data (scored as "unseen")
 DEFAULT_UNSEEN = frozenset({"microglia"})
 TABLE6_COLUMNS = [
@@ -93,8 +93,7 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
     mode, or in mode ``full`` when the baseline was not run in that mode (a frozen random
     encoder is no "without SSL" reference). The baseline is ``scratch_<strategy>`` (the same
     architecture trained without SSL) when that was run, else ``baseline``. Metrics are the
-    protocol's metrics of the
-    structure's group (2024: spot Dice, β0; tree Dice, clDice, β0, β1 — 2026: Dice with PQ for
+    protocol's metrics of the structure's group (2024: spot Dice, β0; tree Dice, clDice, β0, β1 — 2026: Dice with PQ for
     isolated, clDice for contiguous). ``delta`` = SSL − baseline in raw units;
     ``ssl_better`` respects the metric's direction (Betti errors: lower is better).
     """

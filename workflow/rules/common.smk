@@ -7,7 +7,6 @@ from selma3d import runplan
 RESULTS = config["results_dir"]
 DATASET = config["dataset"]
 SSL_STRATEGIES = config["pretrain"]["strategies"]
-FT_STRATEGIES = config["finetune"]["strategies"]
 # preprocess.unannotated: "volumes" (whole brains: ingest -> downsample -> patchify, one job
 # each) or "patches" (files that already are patches: one patchset job per structure)
 PATCHSET = config["preprocess"]["unannotated"] == "patches"
@@ -68,10 +67,6 @@ def pretrain_shards():
 def pretrain_units():
     """One name per patch store pretraining reads: a volume, or a structure in patches mode."""
     return pretrain_shards() if PATCHSET else pretrain_volumes()
-
-
-def budget_values():
-    return [str(b) for b in config["finetune"]["budgets"]]
 
 
 def run_ids():
