@@ -1,4 +1,4 @@
-"""Whole-volume inference: block-wise ``selma3d.predict`` against MONAI's in-memory sliding window.
+"""Whole-volume inference: block-wise ``selma3d.inference.volume`` against MONAI's in-memory sliding window.
 
 1. A volume both can hold: MONAI ``sliding_window_inference`` on the whole array (the naive
    path: read all, normalise, infer, hold input, output and count map in memory) and
@@ -31,7 +31,7 @@ sys.path.insert(0, str(SRC))
 
 def make_volume(path: Path, shape, seed: int = 0) -> None:
     """A light-sheet-like uint16 volume (gamma background, bright blobs) as OME-Zarr, slab by slab."""
-    from selma3d.zarrstore import create_ome_zarr
+    from selma3d.io.omezarr import create_ome_zarr
 
     rng = np.random.default_rng(seed)
     (arr,) = create_ome_zarr(path, [shape], np.uint16, (64, 128, 128), [(4.0, 1.6, 1.6)])
@@ -47,7 +47,7 @@ def make_volume(path: Path, shape, seed: int = 0) -> None:
 def build_net(features, roi, seed: int = 0):
     import torch
 
-    from selma3d.models import build_segmentation_net
+    from selma3d.nets.models import build_segmentation_net
 
     torch.manual_seed(seed)
     return build_segmentation_net({"backbone": "unet", "patch_size": [roi] * 3, "features": list(features)}).eval()
@@ -57,9 +57,9 @@ def child(mode: str, args: dict) -> dict:
     """Runs in a fresh process; returns timings and peak memory."""
     import torch
 
-    from selma3d.predict import predict_volume, volume_normalizer
-    from selma3d.runtime import autocast, pick_device
-    from selma3d.zarrstore import ZarrReader
+    from selma3d.inference.volume import predict_volume, volume_normalizer
+    from selma3d.training.runtime import autocast, pick_device
+    from selma3d.io.omezarr import ZarrReader
 
     torch.set_num_threads(args["threads"])
     device = pick_device()
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.child[0], json.loads(args.child[1]))))
         return 0
 
-    from selma3d.zarrstore import ZarrReader
+    from selma3d.io.omezarr import ZarrReader
 
     with tempfile.TemporaryDirectory(prefix="selma3d_bench_") as tmp:
         tmp = Path(tmp)

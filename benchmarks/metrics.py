@@ -1,4 +1,4 @@
-"""Time selma3d.metrics against official-style references on synthetic c-Fos and vessel cases.
+"""Time selma3d.evaluation.metrics against official-style references on synthetic c-Fos and vessel cases.
 
 References, measured in the same run:
   2024 evaluator recipe — Dice on raw arrays, Betti numbers with scikit-image ``label`` +
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selma3d import metrics as M
+from selma3d.evaluation import metrics as M
 
 # ----------------------------------------------------------------------------- data
 
@@ -168,7 +168,7 @@ def peak_rss_mib(p: np.ndarray, g: np.ndarray, protocol: str) -> float:
             "    for line in open('/proc/self/status'):\n"
             "        if line.startswith('VmHWM:'):\n"
             "            return int(line.split()[1])\n"
-            "from selma3d.metrics import case_metrics\n"
+            "from selma3d.evaluation.metrics import case_metrics\n"
             f"p = np.load({str(Path(d) / 'p.npy')!r}); g = np.load({str(Path(d) / 'g.npy')!r})\n"
             "base = hwm()\n"
             f"case_metrics(p, g, {protocol!r})\n"

@@ -5,9 +5,9 @@ Generates a synthetic whole-brain-like TIFF slice series (uint16, uncompressed: 
 tiled with shifts so generation is disk-bound), then runs each approach in its own child
 process and reports wall time, GB/s of raw input and peak RSS (``ru_maxrss`` of the child):
 
-* ``staged``: :func:`selma3d.ingest.ingest_volume` (canonical full-resolution zarr) ->
-  :func:`selma3d.downsample.downsample_volume` (3-level OME-Zarr, read from that zarr) ->
-  :func:`selma3d.patchify.patchify_volume` (one patch store + index).
+* ``staged``: :func:`selma3d.preprocess.ingest.ingest_volume` (canonical full-resolution zarr) ->
+  :func:`selma3d.preprocess.pyramid.downsample_volume` (3-level OME-Zarr, read from that zarr) ->
+  :func:`selma3d.preprocess.patchify.patchify_volume` (one patch store + index).
 * ``fused``: ingest writes the full-resolution zarr and the pyramid in one pass
   (``ingest_volume(..., pyramid=...)``), then patchify.
 * ``direct``: no full-resolution copy: downsample straight from the TIFFs, then patchify.
@@ -87,9 +87,9 @@ def _cpu_s() -> float:
 
 
 def child_streaming(src: Path, out: Path, kind: str, workers: int) -> dict:
-    from selma3d.downsample import downsample_volume
-    from selma3d.ingest import ingest_volume
-    from selma3d.patchify import patchify_volume
+    from selma3d.preprocess.pyramid import downsample_volume
+    from selma3d.preprocess.ingest import ingest_volume
+    from selma3d.preprocess.patchify import patchify_volume
 
     times = {}
     t = time.perf_counter()

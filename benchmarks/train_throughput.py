@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from selma3d import ssl  # noqa: E402
-from selma3d.pretrain import resolve_strategy_config  # noqa: E402
-from selma3d.runtime import autocast  # noqa: E402
+from selma3d.training.pretrain import resolve_strategy_config  # noqa: E402
+from selma3d.training.runtime import autocast  # noqa: E402
 
 PEAKS_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12}
 

@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from selma3d.download import download_manifest
-from selma3d.errors import InputError
+from selma3d.data.download import download_manifest
+from selma3d.core.errors import InputError
 from selma3d.io import read_volume, write_mha, write_nifti, write_volume
-from selma3d.manifest import read_manifest
-from selma3d.patchify import INDEX_COLUMNS, load_patch_index, patchify_volume, read_patch
-from selma3d.patchset import collect_patch_files, list_patch_files, manifest_patch_files
+from selma3d.data.manifest import read_manifest
+from selma3d.preprocess.patchify import INDEX_COLUMNS, load_patch_index, patchify_volume, read_patch
+from selma3d.preprocess.patchsets import collect_patch_files, list_patch_files, manifest_patch_files
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "config" / "manifests"

@@ -20,7 +20,7 @@ CONFIG = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 
 
 
 def run(tmp_path, index, name, **kw):
-    from selma3d.pretrain import pretrain
+    from selma3d.training.pretrain import pretrain
 
     out = tmp_path / name
     pretrain("mae", CONFIG, [index], out / "encoder.pt", out / "loss.csv", steps=4, batch_size=4, seed=1,
@@ -38,7 +38,7 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_shards(tmp_path, monkeyp
     single, single_curve = run(tmp_path, index, "single", shards=2)
     plain, _ = run(tmp_path, index, "plain")  # one shard: other masks, so other weights
 
-    init = __import__("selma3d.ssl", fromlist=["x"]).build_strategy("mae", CONFIG)
+    init = __import__("selma3d.strategies", fromlist=["x"]).build_strategy("mae", CONFIG)
     init_w = init.export_weights()
     moved = max(float((single["weights"][k] - init_w[k]).abs().max()) for k in init_w)
     assert moved > 1e-3, "training did not change the weights"

@@ -1,4 +1,4 @@
-"""selma3d.download against a real HTTP server on 127.0.0.1 with injected faults."""
+"""selma3d.data.download against a real HTTP server on 127.0.0.1 with injected faults."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from selma3d import cli
-from selma3d.download import ChecksumMismatch, DownloadError, download_manifest
-from selma3d.manifest import read_manifest
+from selma3d.data.download import ChecksumMismatch, DownloadError, download_manifest
+from selma3d.data.manifest import read_manifest
 
 FAST = dict(backoff=0.01, timeout=5, progress=False)
 
@@ -345,7 +345,7 @@ def test_unknown_checksum_recorded_then_verified(server, tmp_path, caplog):
     server.files = {"/u.bin": data}
     m = _manifest(tmp_path / "cfg", [{"path": "u.bin", "url": server.base + "/u.bin"}], name="user.csv")
     dest1 = tmp_path / "one"
-    with caplog.at_level(logging.WARNING, logger="selma3d.download"):
+    with caplog.at_level(logging.WARNING, logger="selma3d.data.download"):
         df = download_manifest(m, dest1, **FAST)
     assert df.sha256[0] == _sha(data)
     assert _sha(data) in caplog.text and "u.bin" in caplog.text
@@ -356,7 +356,7 @@ def test_unknown_checksum_recorded_then_verified(server, tmp_path, caplog):
 
     caplog.clear()  # same destination: verified against the record, nothing fetched or re-recorded
     n = len(server.log)
-    with caplog.at_level(logging.WARNING, logger="selma3d.download"):
+    with caplog.at_level(logging.WARNING, logger="selma3d.data.download"):
         download_manifest(m, dest1, **FAST)
     assert len(server.log) == n and "recorded on first download" not in caplog.text
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selma3d import evaluate as E
+from selma3d.evaluation import evaluate as E
 from selma3d.cli import main
-from selma3d.errors import InputError
+from selma3d.core.errors import InputError
 from selma3d.io import write_mha, write_nifti
 
 
@@ -149,7 +149,7 @@ def test_cli_missing_policy(folders, tmp_path):
 
 
 def test_evaluate_manifest_split(tmp_path):
-    from selma3d.manifest import write_manifest
+    from selma3d.data.manifest import write_manifest
 
     g = _blob()
     write_nifti(tmp_path / "data" / "img.nii.gz", g)

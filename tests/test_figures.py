@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selma3d import figures as F
+from selma3d.reporting import figures as F
 from selma3d import io
-from selma3d import tables as T
-from selma3d.metrics import METRIC_COLUMNS
-from selma3d.structures import STRUCTURE_CATEGORY
+from selma3d.reporting import tables as T
+from selma3d.evaluation.metrics import METRIC_COLUMNS
+from selma3d.core.structures import STRUCTURE_CATEGORY
 
 SHAPE = (6, 20, 20)
 SPACING = (4.0, 1.6, 1.6)

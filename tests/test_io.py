@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import tifffile
 
 from selma3d import io
-from selma3d.errors import InputError
+from selma3d.core.errors import InputError
 
 SPACING = (4.0, 2.0, 0.5)  # z, y, x: all different, so a swapped axis shows
 

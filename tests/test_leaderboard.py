@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selma3d import leaderboard as L
-from selma3d.errors import InputError
-from selma3d.metrics import METRIC_COLUMNS
+from selma3d.evaluation import leaderboard as L
+from selma3d.core.errors import InputError
+from selma3d.evaluation.metrics import METRIC_COLUMNS
 
 STRUCT = {
     "isolated_sparse": "cfos_neuron",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from selma3d.losses import LOSSES, BlobLoss, build_loss, label_components
+from selma3d.training.losses import LOSSES, BlobLoss, build_loss, label_components
 
 
 

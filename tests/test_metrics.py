@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from selma3d import metrics as M
-from selma3d.errors import InputError
+from selma3d.evaluation import metrics as M
+from selma3d.core.errors import InputError
 
 
 def ball(shape, center, r):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from selma3d import metrics as M
+from selma3d.evaluation import metrics as M
 
 # ----------------------------------------------------------------------------- masks
 

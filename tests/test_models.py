@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selma3d import models as M
-from selma3d.errors import InputError
-from selma3d.losses import build_loss
+from selma3d.nets import models as M
+from selma3d.core.errors import InputError
+from selma3d.training.losses import build_loss
 
 TINY = {
     "unet": dict(backbone="unet", patch_size=[32, 32, 32], features=[4, 8, 8, 16, 16, 4]),

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from selma3d.evaluate import evaluate_pairs, ground_truth_mask
+from selma3d.evaluation.evaluate import evaluate_pairs, ground_truth_mask
 from selma3d.io import write_nifti
-from selma3d.metrics import case_metrics
+from selma3d.evaluation.metrics import case_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from selma3d import io
-from selma3d.predict import Grid, Normalizer, predict_volume, volume_normalizer, window_starts
+from selma3d.inference.volume import Grid, Normalizer, predict_volume, volume_normalizer, window_starts
 
 
 def tiny_net(seed: int = 0) -> torch.nn.Module:
@@ -68,7 +68,7 @@ def test_blockwise_equals_global_sliding_window(tmp_path, shape, block):
     reader = CountingReader(data, spacing=(4.0, 1.6, 1.6))
     out = predict_volume(net, reader, tmp_path / "p.ome.zarr", roi, overlap=overlap, block=block, batch=3,
                          probability=True, prob_dtype="float16", levels=2, device=torch.device("cpu"))
-    from selma3d.zarrstore import ZarrReader
+    from selma3d.io.omezarr import ZarrReader
 
     got = ZarrReader(out).read_slab(0, shape[0]).astype(np.float32)
     norm = volume_normalizer(io.ArrayReader(data), "percentile")
@@ -83,7 +83,7 @@ def test_logits_match_monai_to_float_precision(tmp_path):
     data = volume((30, 34, 41), seed=2)
     net, roi = tiny_net(1), (16, 16, 16)
     norm = volume_normalizer(io.ArrayReader(data), "zscore")
-    from selma3d.predict import BlockPredictor, iter_blocks
+    from selma3d.inference.volume import BlockPredictor, iter_blocks
 
     grid = Grid.build(data.shape, roi, 0.5)
     bp = BlockPredictor(net, grid, torch.device("cpu"), batch=5)
@@ -129,7 +129,7 @@ def test_normalisation_is_global_from_a_subsample():
     sub = volume_normalizer(io.ArrayReader(data), "percentile", max_voxels=20000)
     assert abs(sub.a - exact.a) < 0.05 * (exact.b - exact.a)
     assert abs(sub.b - exact.b) < 0.1 * (exact.b - exact.a)
-    from selma3d.normalize import percentile_scale
+    from selma3d.preprocess.normalize import percentile_scale
 
     np.testing.assert_array_equal(exact(data), percentile_scale(data))
     assert Normalizer("percentile", 1.0, 1.0)(data).max() == 0
@@ -137,7 +137,7 @@ def test_normalisation_is_global_from_a_subsample():
 
 def test_cli_on_a_tiff_series_with_a_finetuned_checkpoint(tmp_path):
     from selma3d.cli import main
-    from selma3d.models import build_segmentation_net
+    from selma3d.nets.models import build_segmentation_net
 
     cfg = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4]}
     torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_cli_on_a_tiff_series_with_a_finetuned_checkpoint(tmp_path):
                "--output", str(tmp_path / "pred.ome.zarr"), "--block", "24", "--overlap", "0.25", "--batch", "2",
                "--probability", "--prob-dtype", "uint8", "--spacing", "4", "1.6", "1.6", "--device", "cpu"])
     assert rc == 0
-    from selma3d.zarrstore import ZarrReader
+    from selma3d.io.omezarr import ZarrReader
 
     r = ZarrReader(tmp_path / "pred.ome.zarr")
     assert r.spacing == (4.0, 1.6, 1.6) and r.levels == 3 and r.dtype == np.uint8

@@ -13,12 +13,12 @@ from skimage.measure import block_reduce
 from skimage.transform import resize
 
 from selma3d import io
-from selma3d.downsample import (AxisStream, apply_op, axis_op, downsample_array, downsample_volume,
+from selma3d.preprocess.pyramid import (AxisStream, apply_op, axis_op, downsample_array, downsample_volume,
                                 plan_pyramid, pyramid_arrays)
-from selma3d.errors import InputError
-from selma3d.ingest import ingest_volume
-from selma3d.patchify import PatchDataset, load_patch_index, patchify_volume, read_patch, resolve_threshold
-from selma3d.zarrstore import ChunkIO, ZarrReader, blosc_codec, read_zarr_volume, write_zarr_volume
+from selma3d.core.errors import InputError
+from selma3d.preprocess.ingest import ingest_volume
+from selma3d.preprocess.patchify import PatchDataset, load_patch_index, patchify_volume, read_patch, resolve_threshold
+from selma3d.io.omezarr import ChunkIO, ZarrReader, blosc_codec, read_zarr_volume, write_zarr_volume
 
 SPACING = (2.0, 1.0, 0.5)
 

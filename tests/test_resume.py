@@ -26,7 +26,7 @@ CONFIG = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 
 RUNNER = textwrap.dedent("""
     import json, sys, time
     import torch
-    from selma3d import pretrain as P
+    from selma3d.training import pretrain as P
     args = json.loads(sys.argv[1])
     slow = args.pop("slow")
     if slow:  # a little time per step so the test can kill the run in the middle
@@ -109,9 +109,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 
 
 def test_reseeding_makes_strategy_randomness_a_function_of_step_and_shard():
-    from selma3d import ssl
-    from selma3d.distributed import shard_seed
-    from selma3d.pretrain import _reseed
+    from selma3d import strategies as ssl
+    from selma3d.training.distributed import shard_seed
+    from selma3d.training.pretrain import _reseed
 
     model = ssl.build_strategy("mae", CONFIG)
     x = torch.randn(2, 1, 32, 32, 32)
@@ -125,7 +125,7 @@ def test_reseeding_makes_strategy_randomness_a_function_of_step_and_shard():
 
 
 def test_uneven_shards_are_refused():
-    from selma3d.distributed import plan_shards
+    from selma3d.training.distributed import plan_shards
 
     assert plan_shards(8, 2, None) == (2, 1)
     assert plan_shards(8, 2, 4) == (4, 2)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from selma3d import runplan, ssl
+from selma3d.training import runplan
+from selma3d import strategies as ssl
 
 CONFIG = {
     "model": {"backbone": "unet"},
@@ -60,9 +61,9 @@ def test_bad_strategy_lists_are_refused_naming_the_strategy(strategies, modes, w
 
 
 def test_scratch_of_a_strategy_trains_that_strategys_net():
-    from selma3d.finetune import scratch_model_config
-    from selma3d.models import build_segmentation_net, load_pretrained
-    from selma3d.pretrain import resolve_strategy_config
+    from selma3d.training.finetune import scratch_model_config
+    from selma3d.nets.models import build_segmentation_net, load_pretrained
+    from selma3d.training.pretrain import resolve_strategy_config
 
     model = {"backbone": "unet", "patch_size": [32, 32, 32]}
     block = {"patch_size": [32, 32, 32], "vit_patch_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2,

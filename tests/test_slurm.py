@@ -90,8 +90,8 @@ def prefill(results: Path, volume_names: list[str], brain: Path) -> None:
     """Upstream outputs as earlier runs would have left them (so only the jobs under test run)."""
     import torch
 
-    from selma3d.models import build_segmentation_net
-    from selma3d.zarrstore import write_zarr_volume
+    from selma3d.nets.models import build_segmentation_net
+    from selma3d.io.omezarr import write_zarr_volume
 
     rng = np.random.default_rng(0)
     (results / "data").mkdir(parents=True)
@@ -113,7 +113,7 @@ def prefill(results: Path, volume_names: list[str], brain: Path) -> None:
 
 
 def test_slurm_profile_submits_gpu_and_cpu_rules_correctly(tmp_path):
-    from selma3d.synth import volume_names
+    from selma3d.data.synth import volume_names
 
     results, state, brain = tmp_path / "results", tmp_path / "slurm", tmp_path / "brain.ome.zarr"
     state.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selma3d import models as M
-from selma3d.ssl import available, build_strategy, get_strategy
+from selma3d.nets import models as M
+from selma3d.strategies import available, build_strategy, get_strategy
 
 UNET = dict(backbone="unet", patch_size=[32, 32, 32], features=[4, 8, 8, 16, 16, 4])
 AUNET = dict(backbone="attention_unet", patch_size=[32, 32, 32], channels=[4, 8, 8, 16], strides=[2, 2, 2])
@@ -148,7 +148,7 @@ def test_swinunetr_multitask_exports_swinvit():
 
 
 def test_mae_text_captions_from_metadata():
-    from selma3d.ssl.mae_text import caption
+    from selma3d.strategies.mae_text import caption
 
     c0 = caption(META, 0)
     assert "c-fos stain" in c0.lower() and "cfos neuron (isolated sparse)" in c0 and "z 6 y 1.625 x 1.625 um" in c0
@@ -160,14 +160,14 @@ def test_mae_text_captions_from_metadata():
 
 
 def test_dino_requires_vit():
-    from selma3d.errors import InputError
+    from selma3d.core.errors import InputError
 
     with pytest.raises(InputError, match="vit"):
         build_strategy("dino", dict(UNET))
 
 
 def test_views_are_seeded_and_shape_preserving():
-    from selma3d import augment
+    from selma3d.augment import views as augment
 
     x = synthetic_patches(2)
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)

@@ -13,12 +13,12 @@ from scipy.ndimage import gaussian_filter1d
 
 from selma3d import io
 from selma3d.cli import main as cli_main
-from selma3d.errors import InputError
-from selma3d.manifest import annotated_pairs, parse_spacing, read_manifest
-from selma3d.structures import STRUCTURE_CATEGORY
-from selma3d.synth import (DEFAULTS, STRUCTURES, render_structure, resolve_config, synthesize_dataset,
+from selma3d.core.errors import InputError
+from selma3d.data.manifest import annotated_pairs, parse_spacing, read_manifest
+from selma3d.core.structures import STRUCTURE_CATEGORY
+from selma3d.data.synth import (DEFAULTS, STRUCTURES, render_structure, resolve_config, synthesize_dataset,
                            volume_names)
-from selma3d.synth import dataset as synth_dataset
+from selma3d.data.synth import dataset as synth_dataset
 
 SPACING = (4.0, 1.6, 1.6)
 PATCH = (32, 64, 64)

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from selma3d.checkpoint import load_checkpoint, save_checkpoint
-from selma3d.errors import InputError
-from selma3d.finetune import Case, dice_score, draw_budget, sample_crop
-from selma3d.labels import binarize_label
-from selma3d.manifest import annotated_pairs, read_manifest
-from selma3d.normalize import normalize, percentile_scale
-from selma3d.patches import StepBatchSampler, random_crop
+from selma3d.training.checkpoint import load_checkpoint, save_checkpoint
+from selma3d.core.errors import InputError
+from selma3d.training.finetune import Case, dice_score, draw_budget, sample_crop
+from selma3d.core.labels import binarize_label
+from selma3d.data.manifest import annotated_pairs, read_manifest
+from selma3d.preprocess.normalize import normalize, percentile_scale
+from selma3d.training.sampling import StepBatchSampler, random_crop
 
 
 def _pairs():
@@ -134,7 +134,7 @@ def test_checkpoint_restores_model_optimiser_and_rng(tmp_path):
 
 
 def test_a_checkpoint_from_other_settings_is_not_resumed(tmp_path):
-    from selma3d.checkpoint import run_key
+    from selma3d.training.checkpoint import run_key
 
     net = torch.nn.Linear(3, 2)
     old = run_key(config={"patch_size": [64, 64, 64]}, steps=200)

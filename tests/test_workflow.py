@@ -102,8 +102,8 @@ TINY = {
 def test_every_strategy_and_mode_runs_end_to_end_to_a_finite_leaderboard(tmp_path):
     import torch
 
-    from selma3d.models import encoder_prefixes
-    from selma3d.runplan import finetune_runs
+    from selma3d.nets.models import encoder_prefixes
+    from selma3d.training.runplan import finetune_runs
 
     cfg = dict(TINY, results_dir=str(tmp_path / "results"))
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))

@@ -8,10 +8,10 @@ import sys
 
 #: sub-command -> (module, one-line help). Each module has configure_parser(p) and run(args).
 COMMANDS = {
-    "evaluate": ("selma3d.evaluate", "score predictions against ground truth (SELMA3D 2024/2026 protocols)"),
-    "download": ("selma3d.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
-    "predict": ("selma3d.predict", "segment a whole volume block-wise with a trained model"),
-    "synthesize": ("selma3d.synth", "write the synthetic light-sheet dataset"),
+    "evaluate": ("selma3d.evaluation.evaluate", "score predictions against ground truth (SELMA3D 2024/2026 protocols)"),
+    "download": ("selma3d.data.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
+    "predict": ("selma3d.inference.volume", "segment a whole volume block-wise with a trained model"),
+    "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
 }
 
 

@@ -2,7 +2,7 @@
 import csv
 from pathlib import Path
 
-from selma3d import runplan
+from selma3d.training import runplan
 
 RESULTS = config["results_dir"]
 DATASET = config["dataset"]
@@ -40,7 +40,7 @@ def _read_source_manifest():
 
 def _synthetic_volumes():
     """Volume names of the synthetic dataset, known from config before it is written."""
-    from selma3d.synth import volume_names
+    from selma3d.data.synth import volume_names
 
     return volume_names(DATASET["synthetic"])
 
@@ -70,7 +70,7 @@ def pretrain_units():
 
 
 def run_ids():
-    """(strategy, mode, budget, seed) for every finetuning run configured (selma3d.runplan)."""
+    """(strategy, mode, budget, seed) for every finetuning run configured (selma3d.training.runplan)."""
     return runplan.finetune_runs(config)
 
 

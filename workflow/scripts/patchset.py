@@ -6,11 +6,11 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
-from selma3d.logs import setup_logging  # noqa: E402
+from selma3d.core.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
-from selma3d.patchset import collect_patch_files, manifest_patch_files  # noqa: E402
+from selma3d.preprocess.patchsets import collect_patch_files, manifest_patch_files  # noqa: E402
 
 p = snakemake.params
 files, meta = manifest_patch_files(snakemake.input.manifest, snakemake.wildcards.shard)

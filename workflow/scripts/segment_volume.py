@@ -6,12 +6,12 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
-from selma3d.logs import setup_logging  # noqa: E402
+from selma3d.core.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
-from selma3d.predict import predict_from_checkpoint  # noqa: E402
-from selma3d.runtime import configure_threads  # noqa: E402
+from selma3d.inference.volume import predict_from_checkpoint  # noqa: E402
+from selma3d.training.runtime import configure_threads  # noqa: E402
 
 configure_threads()
 s = dict(snakemake.params.settings)

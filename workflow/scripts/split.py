@@ -6,13 +6,13 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
-from selma3d.logs import setup_logging  # noqa: E402
+from selma3d.core.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
-from selma3d.atomic import atomic_path  # noqa: E402
-from selma3d.finetune import draw_budget  # noqa: E402
-from selma3d.manifest import annotated_pairs, read_manifest  # noqa: E402
+from selma3d.core.atomic import atomic_path  # noqa: E402
+from selma3d.training.finetune import draw_budget  # noqa: E402
+from selma3d.data.manifest import annotated_pairs, read_manifest  # noqa: E402
 
 w = snakemake.wildcards
 pairs = annotated_pairs(read_manifest(snakemake.input.manifest), "train")

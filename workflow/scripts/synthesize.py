@@ -6,11 +6,11 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
-from selma3d.logs import setup_logging  # noqa: E402
+from selma3d.core.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
-from selma3d.synth import synthesize_dataset  # noqa: E402
+from selma3d.data.synth import synthesize_dataset  # noqa: E402
 
 out = Path(snakemake.output.manifest)
 path = synthesize_dataset(out.parent, snakemake.params.synthetic, seed=snakemake.params.seed, progress=False)

@@ -6,10 +6,10 @@ from pathlib import Path
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
 
-from selma3d.logs import setup_logging  # noqa: E402
+from selma3d.core.logs import setup_logging  # noqa: E402
 
 setup_logging()
 
-from selma3d.tables import write_tables  # noqa: E402
+from selma3d.reporting.tables import write_tables  # noqa: E402
 
 write_tables(snakemake.input.cases, snakemake.params.protocols, snakemake.output)

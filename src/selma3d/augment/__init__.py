@@ -1,0 +1,1 @@
+"""Data augmentation: SSL views and masks."""

@@ -1,0 +1,1 @@
+"""Base layer: errors, atomic outputs, logging, SELMA3D structure names, label semantics."""

@@ -1,0 +1,1 @@
+"""Dataset manifests, verified downloads and the synthetic light-sheet dataset."""

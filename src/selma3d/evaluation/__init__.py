@@ -1,0 +1,1 @@
+"""Official SELMA3D metrics, the evaluation of a run, leaderboard and ranking."""

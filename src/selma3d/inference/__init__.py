@@ -1,0 +1,1 @@
+"""Test-patch inference and whole-volume block-wise prediction."""

@@ -1,0 +1,1 @@
+"""MONAI backbones, encoder parts, pretrained-weight loading and finetuning modes."""

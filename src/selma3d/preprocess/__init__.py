@@ -1,0 +1,1 @@
+"""Ingest, pyramid (downsample), patchify, patch sets and intensity normalisation."""

@@ -1,0 +1,157 @@
+"""Ingest: any supported large input -> one canonical OME-Zarr image, streamed slab by slab.
+
+Whole-brain light-sheet volumes (TIFF slice folders of 10-100s of GiB) never fit in memory.
+Ingest reads them in chunk-aligned (z, y) blocks through :func:`selma3d.io.open_reader`
+(TIFF slices read by a thread pool straight from the file), writes a chunked, Blosc-compressed
+zarr v3 array with the voxel size in its NGFF metadata, and does so atomically: the store is
+built under a temporary name and renamed only when complete, after every slice header was
+validated up front.
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from selma3d.core.atomic import atomic_path
+from selma3d.io import VolumeReader, case_name, open_reader
+from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
+
+DEFAULT_BLOCK_BYTES = 128 << 20
+
+
+def plan_blocks(reader: VolumeReader, z_step: int, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+                row_step: int | None = None) -> list[tuple[int, int, int, int]]:
+    """(z0, z1, y0, y1) blocks covering the volume in z-major order.
+
+    z-slabs are ``z_step`` planes (the writer's or reader's chunk depth). When the reader can
+    read y-bands cheaply, each slab is cut into bands of whole row chunks so that one block
+    stays under ``max_block_bytes``; otherwise blocks are whole planes.
+
+    Args:
+        row_step: band heights are multiples of this (default: the reader's row chunk); ignored
+            for readers without cheap y-bands.
+    """
+    Z, Y, X = reader.shape
+    itemsize = np.dtype(reader.dtype).itemsize
+    z_step = max(1, int(z_step))
+    step = (row_step or reader.row_chunk) if reader.row_chunk else None
+    if step:
+        fit = max_block_bytes // max(1, z_step * step * X * itemsize)
+        band = min(Y, step * max(1, int(fit)))
+    else:
+        band = Y
+    return [(z0, min(Z, z0 + z_step), y0, min(Y, y0 + band))
+            for z0 in range(0, Z, z_step) for y0 in range(0, Y, band)]
+
+
+def prefetch(reader: VolumeReader, blocks: Sequence[tuple[int, int, int, int]],
+             pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Yield (block, data) reading the next block in ``pool`` while the caller works on this one
+    (at most two blocks in memory)."""
+    if not blocks:
+        return
+    future = pool.submit(reader.read_block, *blocks[0])
+    for i, block in enumerate(blocks):
+        data = future.result()
+        if i + 1 < len(blocks):
+            future = pool.submit(reader.read_block, *blocks[i + 1])
+        yield block, data
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                disable=not enabled, leave=False)
+
+
+def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None = None,
+                  chunks: Sequence[int] = (64, 256, 256), workers: int = 2, progress: bool = True,
+                  compressor: str = "lz4", clevel: int = 1, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+                  ngff_version: str = "0.5", pyramid: str | Path | None = None,
+                  target_spacing_um: Sequence[float] | None = None, levels: int = 3,
+                  method: str = "auto") -> Path:
+    """Stream ``source`` into a canonical one-level OME-Zarr image at ``out_zarr``.
+
+    Args:
+        source: TIFF slice folder, multi-page TIFF, NIfTI, MHA, zarr store, array or reader.
+        out_zarr: the store to write (``*.zarr``); replaced atomically when complete.
+        spacing: voxel size (z, y, x) µm; required in practice for TIFF, which carries none.
+        chunks: zarr chunk shape (z, y, x); ingest holds one chunk-deep slab band at a time.
+        workers: threads reading TIFF slices and compressing chunks.
+        compressor, clevel: Blosc codec (``lz4`` level 1 keeps up with the disk on one core).
+        max_block_bytes: upper bound on one block read (when the reader allows y-bands).
+        pyramid: also write the downsampled OME-Zarr pyramid here in the same pass (what
+            :func:`selma3d.preprocess.pyramid.downsample_volume` would write from ``out_zarr``, without
+            reading and decompressing the full-resolution copy again).
+        target_spacing_um, levels, method: the pyramid's level 0 spacing, depth and method.
+
+    Returns:
+        The path of the store. Its attributes carry ``selma3d.source`` and the spacing source.
+
+    Raises:
+        InputError: unreadable, truncated, inconsistent or non-finite input (before anything
+            complete-looking is written).
+    """
+    out_zarr = Path(out_zarr)
+    reader = open_reader(source, spacing=spacing, workers=workers)
+    try:
+        if reader.spacing_source == "default":
+            warnings.warn(f"{reader.path}: no voxel size in the file and none given; assuming (1, 1, 1) µm",
+                          stacklevel=2)
+        Z, Y, X = reader.shape
+        chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, reader.shape))
+        blocks = plan_blocks(reader, chunks[0], max_block_bytes, row_step=_lcm(chunks[1], reader.row_chunk))
+        attrs = {"selma3d": {"stage": "ingest", "source": Path(str(reader.path)).name if reader.path else None,
+                             "shape": list(reader.shape), "dtype": str(np.dtype(reader.dtype)),
+                             "spacing_um": list(reader.spacing), "spacing_source": reader.spacing_source}}
+        name = case_name(out_zarr)
+        builder = None
+        if pyramid is not None:
+            if target_spacing_um is None:
+                raise ValueError("ingest_volume: pyramid needs target_spacing_um")
+            from selma3d.preprocess.pyramid import PyramidBuilder
+
+            builder = PyramidBuilder(pyramid, reader.shape, reader.dtype, reader.spacing, target_spacing_um,
+                                     levels, workers, method, ngff_version=ngff_version,
+                                     source_name=attrs["selma3d"]["source"])
+        try:
+            with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
+                    ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as pool, \
+                    _progress(reader.nbytes, f"ingest {name}", progress) as bar:
+                (arr,) = create_ome_zarr(tmp, [reader.shape], reader.dtype, chunks, [reader.spacing], None,
+                                         name=name, compressor=compressor, clevel=clevel,
+                                         ngff_version=ngff_version, attributes=attrs)
+                fast = ChunkIO.for_array(arr, workers)
+                try:
+                    for (z0, z1, y0, y1), data in prefetch(reader, blocks, pool):
+                        write_block(arr, fast, (z0, y0, 0), data)
+                        if builder is not None:
+                            builder.push(z0, z1, y0, y1, data)
+                        bar.update(data.nbytes)
+                finally:
+                    if fast is not None:
+                        fast.close()
+                if builder is not None:
+                    builder.finish()
+                    builder = None
+        except BaseException as exc:
+            if builder is not None:
+                builder.abort(exc)
+            raise
+    finally:
+        if reader is not source:
+            reader.close()
+    return out_zarr
+
+
+def _lcm(a: int, b: int | None) -> int:
+    """Band heights must align with the output chunks and, if it has any, the reader's."""
+    if not b:
+        return a
+    return a * b // int(np.gcd(a, b))

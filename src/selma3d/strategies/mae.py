@@ -1,0 +1,47 @@
+"""Masked volume inpainting (team XunDJ, SELMA3D 2024).
+
+Random cubes of the patch are blanked and the whole segmentation network (SwinUNETR by
+default; any backbone works) reconstructs them; the loss is taken on masked voxels only, so
+the network has to infer hidden structure from context rather than copy visible voxels
+through its skip connections. Encoder and decoder are exported (the 1×1 output layer is not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from selma3d.augment import views as augment
+from selma3d.strategies import register
+from selma3d.strategies._common import StrategyBase, masked_recon_loss
+
+
+@register("mae")
+class MaskedInpainting(StrategyBase):
+    #: XunDJ: SwinUNETR on 64³ crops of 1/3-downsampled data; the rest assumed (AdamW, MAE-style masking)
+    defaults: dict[str, Any] = {
+        "backbone": "swinunetr",
+        "patch_size": [64, 64, 64],
+        "feature_size": 24,
+        "batch_size": 4,
+        "lr": 1e-4,
+        "weight_decay": 1e-5,
+        "warmup_steps": 500,
+        "mask_ratio": 0.6,
+        "mask_cube": 8,
+        "mask_value": 0.0,
+        "recon_loss": "mse",
+        "seed": 0,
+    }
+    export_scope = "network"
+
+    def loss(self, batch: torch.Tensor, step: int, meta: dict[str, Any] | None = None):
+        self.require_batch(batch, 1, self.name)
+        g = self.generator(batch.device)
+        mask = augment.cube_mask((batch.shape[0], *batch.shape[2:]), float(self.config["mask_ratio"]),
+                                 int(self.config["mask_cube"]), g, batch.device)
+        x_in = torch.where(mask, torch.full_like(batch, float(self.config["mask_value"])), batch)
+        pred = self.encoder_net(x_in)
+        loss = masked_recon_loss(pred, batch, mask, self.config["recon_loss"])
+        return loss, {"recon": float(loss.detach()), "masked_fraction": float(mask.float().mean())}

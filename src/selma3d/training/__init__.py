@@ -1,0 +1,1 @@
+"""Runtime, checkpoints, sampling, losses, the run plan, and the pretrain / finetune loops."""

@@ -1,0 +1,93 @@
+"""Which finetuning runs a config asks for, decided from the config alone (no torch).
+
+The workflow builds its DAG from :func:`finetune_runs`, so a dry-run stays cheap. Two rules
+shape the plan beyond the plain product strategies × modes × budgets × seeds:
+
+- ``adapter`` mode exists for ViT encoders only (team Tonyxu's frozen ViT + adapter); other
+  strategies skip it instead of failing mid-run.
+- ``scratch`` trains the ``model`` block's net without pretraining (the paper's "wo/ SSL").
+  ``scratch_<strategy>`` trains the net of ``<strategy>``'s config block without pretraining,
+  so an SSL strategy whose backbone differs from the shared one (SwinUNETR, ViT) has a baseline
+  of the same architecture; the ablation table pairs them (``baseline_for``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selma3d import strategies
+
+SCRATCH = "scratch"
+SCRATCH_PREFIX = "scratch_"
+#: finetuning modes and the backbones each one applies to (None: any)
+MODE_BACKBONES: dict[str, tuple[str, ...] | None] = {"full": None, "frozen": None, "adapter": ("vit",)}
+
+
+def scratch_reference(strategy: str) -> str | None:
+    """``dino`` for ``scratch_dino``; None for ``scratch`` and for SSL strategies."""
+    if strategy.startswith(SCRATCH_PREFIX):
+        return strategy[len(SCRATCH_PREFIX):]
+    return None
+
+
+def is_pretrained(strategy: str) -> bool:
+    """Whether a finetuning strategy starts from SSL weights (everything but the scratch runs)."""
+    return strategy != SCRATCH and scratch_reference(strategy) is None
+
+
+def strategy_backbone(strategy: str, config: dict[str, Any]) -> str:
+    """The backbone a finetuning strategy trains: its config block's, else the class default.
+
+    Mirrors ``selma3d.training.pretrain.resolve_strategy_config`` (model block < class defaults <
+    strategy block); ``scratch`` uses the ``model`` block.
+    """
+    name = scratch_reference(strategy) or strategy
+    if name == SCRATCH:
+        return config["model"].get("backbone", "unet")
+    block = config.get("pretrain", {}).get(name) or {}
+    return block.get("backbone") or strategies.default_backbone(name)
+
+
+def modes_for(strategy: str, config: dict[str, Any]) -> list[str]:
+    """The configured finetuning modes that apply to this strategy's backbone."""
+    backbone = strategy_backbone(strategy, config)
+    return [m for m in config["finetune"]["modes"] if MODE_BACKBONES[m] is None or backbone in MODE_BACKBONES[m]]
+
+
+def finetune_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(strategy, mode, budget, seed) for every finetuning run the config asks for."""
+    ft = config["finetune"]
+    return [
+        (s, m, str(b), str(seed))
+        for s in ft["strategies"]
+        for m in modes_for(s, config)
+        for b in ft["budgets"]
+        for seed in ft["seeds"]
+    ]
+
+
+def check_strategies(config: dict[str, Any]) -> None:
+    """Fail before any job when finetuning names a strategy nothing provides, or no mode fits one."""
+    known_ssl = strategies.available()
+    pretrained = config["pretrain"]["strategies"]
+    for s in config["finetune"]["strategies"]:
+        ref = scratch_reference(s)
+        if s == SCRATCH:
+            continue
+        if ref is not None:
+            if ref not in known_ssl:
+                raise ValueError(f"config: finetune.strategies lists {s!r}, but {ref!r} is no SSL strategy; "
+                                 f"known: {sorted(known_ssl)}")
+        elif s not in pretrained:
+            raise ValueError(f"config: finetune.strategies lists {s!r}, which pretrain.strategies "
+                             f"{pretrained} does not pretrain; add it there or remove it")
+    for s in config["finetune"]["strategies"]:
+        if config["finetune"]["modes"] and not modes_for(s, config):
+            raise ValueError(f"config: no finetune.modes {config['finetune']['modes']} apply to {s!r} "
+                             f"(backbone {strategy_backbone(s, config)!r}); 'adapter' needs a 'vit' backbone")
+
+
+def baseline_for(strategy: str, strategies) -> str:
+    """The "without SSL" run an SSL strategy is compared with: ``scratch_<s>`` when run, else ``scratch``."""
+    own = SCRATCH_PREFIX + strategy
+    return own if own in set(strategies) else SCRATCH
