@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from selma3d import ssl  # noqa: E402
+from selma3d import strategies as ssl  # noqa: E402
 from selma3d.training.pretrain import resolve_strategy_config  # noqa: E402
 from selma3d.training.runtime import autocast  # noqa: E402
 

@@ -133,14 +133,31 @@ def test_cli_end_to_end(folders, tmp_path):
     assert not list(out.parent.glob("*incomplete*"))
 
 
+def test_cli_prints_bad_input_in_one_line_and_exits_nonzero(folders, tmp_path):
+    """`selma3d evaluate` on a shape mismatch (also from worker processes): one line, exit 2."""
+    import subprocess
+    import sys
+
+    pred, gt = folders
+    write_nifti(pred / "cfos_neuron_patch_001.nii.gz", np.zeros((5, 5, 5), np.uint8))
+    for workers in ("1", "2"):
+        res = subprocess.run([sys.executable, "-m", "selma3d.cli", "evaluate", "--pred", str(pred), "--gt", str(gt),
+                              "--protocol", "selma3d2026", "--out", str(tmp_path / "c.csv"), "--no-progress",
+                              "--workers", workers], capture_output=True, text=True)
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+        assert lines[0].startswith("selma3d evaluate: error: ") and "cfos_neuron_patch_001" in lines[0]
+        assert "shape" in lines[0]
+
+
 def test_cli_missing_policy(folders, tmp_path):
     pred, gt = folders
     (pred / "cfos_neuron_patch_001.nii.gz").unlink()
     out = tmp_path / "cases.csv"
     args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--protocol", "selma3d2024", "--out", str(out),
             "--no-progress"]
-    with pytest.raises(InputError, match="cfos_neuron_patch_001"):
-        main(args)
+    assert main(args) == 2  # bad input: one line on stderr, no traceback
     assert not out.exists()
     assert main(args + ["--missing", "empty"]) == 0
     df = pd.read_csv(out).set_index("case")

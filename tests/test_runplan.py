@@ -24,7 +24,7 @@ def test_catalog_backbones_equal_the_strategy_classes_defaults():
 
 
 def test_planning_runs_does_not_import_torch():
-    code = "import sys; from selma3d import runplan; runplan.finetune_runs(%r); print('torch' in sys.modules)" % CONFIG
+    code = "import sys; from selma3d.training import runplan; runplan.finetune_runs(%r); print('torch' in sys.modules)" % CONFIG
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,7 +10,8 @@ import torch
 
 from selma3d.training.checkpoint import load_checkpoint, save_checkpoint
 from selma3d.core.errors import InputError
-from selma3d.training.finetune import Case, dice_score, draw_budget, sample_crop
+from selma3d.data.splits import draw_budget
+from selma3d.training.finetune import Case, dice_score, sample_crop
 from selma3d.core.labels import binarize_label
 from selma3d.data.manifest import annotated_pairs, read_manifest
 from selma3d.preprocess.normalize import normalize, percentile_scale

@@ -6,6 +6,8 @@ import argparse
 import importlib
 import sys
 
+from selma3d.core.errors import InputError
+
 #: sub-command -> (module, one-line help). Each module has configure_parser(p) and run(args).
 COMMANDS = {
     "evaluate": ("selma3d.evaluation.evaluate", "score predictions against ground truth (SELMA3D 2024/2026 protocols)"),
@@ -33,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_unavailable", None):
         print(f"selma3d {args.command}: not available: {args._unavailable}", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except InputError as exc:  # bad input: one line naming the file, no traceback
+        print(f"selma3d {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,14 +1,8 @@
 """Rule evaluate: per-case metrics of one run's predictions under one protocol."""
 
-import sys
-from pathlib import Path
+from selma3d.core.logs import start_rule
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
-
-from selma3d.core.logs import setup_logging  # noqa: E402
-
-setup_logging()
+start_rule(snakemake)
 
 from selma3d.evaluation.evaluate import evaluate_manifest_split  # noqa: E402
 

@@ -1,14 +1,8 @@
 """Rule leaderboard: aggregate every run's per-case metrics into the paper's tables."""
 
-import sys
-from pathlib import Path
+from selma3d.core.logs import start_rule
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
-
-from selma3d.core.logs import setup_logging  # noqa: E402
-
-setup_logging()
+start_rule(snakemake)
 
 from selma3d.evaluation.leaderboard import collect_eval_tables, write_leaderboard  # noqa: E402
 

@@ -1,14 +1,10 @@
 """Rule pretrain: self-supervised pretraining of one strategy; exports encoder weights."""
 
-import sys
 from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
+from selma3d.core.logs import start_rule
 
-from selma3d.core.logs import setup_logging  # noqa: E402
-
-setup_logging()
+start_rule(snakemake)
 
 from selma3d.training.pretrain import pretrain, resolve_strategy_config  # noqa: E402
 from selma3d.training.runtime import configure_threads  # noqa: E402

@@ -1,17 +1,13 @@
 """Rule split: draw the label budget's training cases, stratified by structure."""
 
 import sys
-from pathlib import Path
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1] / "src"))  # the library, installed or not
+from selma3d.core.logs import start_rule
 
-from selma3d.core.logs import setup_logging  # noqa: E402
-
-setup_logging()
+start_rule(snakemake)
 
 from selma3d.core.atomic import atomic_path  # noqa: E402
-from selma3d.training.finetune import draw_budget  # noqa: E402
+from selma3d.data.splits import draw_budget  # noqa: E402
 from selma3d.data.manifest import annotated_pairs, read_manifest  # noqa: E402
 
 w = snakemake.wildcards

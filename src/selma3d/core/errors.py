@@ -14,3 +14,6 @@ class InputError(ValueError):
         self.found = found
         where = f"{self.path}: " if self.path else ""
         super().__init__(f"{where}expected {expected}, found {found}")
+
+    def __reduce__(self):  # survive the trip back from a worker process
+        return (type(self), (self.path, self.expected, self.found))

@@ -76,6 +76,10 @@ class ChecksumMismatch(InputError):
         self.expected_sha256 = expected
         self.computed_sha256 = computed
         super().__init__(path, f"sha256 {expected} ({origin}) for {source}", f"sha256 {computed}")
+        self._args = (path, expected, computed, source, origin)
+
+    def __reduce__(self):
+        return (type(self), self._args)
 
 
 class _Retry(Exception):

@@ -132,7 +132,7 @@ def launch(kwargs: dict[str, Any], nprocs: int, log_dir: str | Path | None = Non
     total = env.get("OMP_NUM_THREADS", "")
     total = int(total) if total.isdigit() and int(total) > 0 else (os.cpu_count() or 1)
     env["OMP_NUM_THREADS"] = str(max(1, total // nprocs))  # torchrun would otherwise force 1
-    src = str(Path(__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with tempfile.TemporaryDirectory(prefix="selma3d_ddp_") as tmp:
         payload = Path(tmp) / "call.pt"
@@ -142,23 +142,9 @@ def launch(kwargs: dict[str, Any], nprocs: int, log_dir: str | Path | None = Non
         if log_dir:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             cmd += [f"--log-dir={log_dir}", "--tee=3"]
-        cmd += ["-m", "selma3d.training.distributed", str(payload)]
+        cmd += ["-m", "selma3d.training.pretrain", str(payload)]
         log.info("launching %d data-parallel processes: %s", nprocs, " ".join(cmd))
         res = subprocess.run(cmd, env=env)
         if res.returncode != 0:
             raise RuntimeError(f"distributed pretraining failed (torchrun exit status {res.returncode}); "
                                "see the rank logs above")
-
-
-def _worker(argv: list[str]) -> int:
-    from selma3d.core.logs import setup_logging
-    from selma3d.training.pretrain import pretrain
-
-    setup_logging()
-    kwargs = torch.load(argv[0], weights_only=False)
-    pretrain(**kwargs)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))

@@ -27,25 +27,6 @@ from selma3d.training.runtime import autocast, pick_device, seed_everything
 log = logging.getLogger(__name__)
 
 
-def draw_budget(pairs: pd.DataFrame, budget: int | str, seed: int) -> pd.DataFrame:
-    """Pick ``budget`` training cases per structure (stratified, reproducible by seed).
-
-    ``"all"`` keeps every case. A structure with fewer cases than the budget keeps all of them.
-    """
-    if str(budget) == "all":
-        return pairs.sort_values("case").reset_index(drop=True)
-    budget = int(budget)
-    if budget < 1:
-        raise ValueError(f"label budget must be >= 1 or 'all', got {budget}")
-    rng = np.random.default_rng([seed, budget])
-    chosen = []
-    for structure in sorted(pairs["structure"].unique()):
-        group = pairs[pairs["structure"] == structure].sort_values("case")
-        take = rng.permutation(len(group))[: min(budget, len(group))]
-        chosen.append(group.iloc[np.sort(take)])
-    return pd.concat(chosen, ignore_index=True)
-
-
 @dataclass
 class Case:
     """An annotated patch in memory: normalised image, foreground mask, ignore mask."""
@@ -154,7 +135,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 
     Args:
         manifest: the dataset's local manifest (train/val rows are read from it).
-        split_csv: the label budget's cases (from :func:`draw_budget`).
+        split_csv: the label budget's cases (from :func:`selma3d.data.splits.draw_budget`).
         model_cfg: network config (``selma3d.nets.models.build_segmentation_net``); when
             ``pretrained`` is given, its stored config wins so names and shapes match.
         settings: finetune config (steps, batch_size, lr, loss, normalize, val_every, ...).

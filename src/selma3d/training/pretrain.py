@@ -271,3 +271,19 @@ def _read_curve(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as fh:
         return [{k: float(v) if k != "step" else int(v) for k, v in r.items() if v != ""} for r in csv.DictReader(fh)]
+
+
+def _worker(argv: list[str]) -> int:
+    """Entry of one data-parallel process started by :func:`selma3d.training.distributed.launch`."""
+    from selma3d.core.logs import setup_logging
+
+    setup_logging()
+    kwargs = torch.load(argv[0], weights_only=False)
+    pretrain(**kwargs)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker(sys.argv[1:]))
