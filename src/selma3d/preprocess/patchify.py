@@ -25,9 +25,9 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
-from selma3d.preprocess.ingest import _progress
 from selma3d.io import VolumeReader, case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_patch_array, open_patch_array, write_block, zarr_workers
+from selma3d.preprocess.blocks import progress_bar
 
 INDEX_COLUMNS = ["volume", "structure", "category", "spacing_um", "patch", "z", "y", "x",
                  "foreground_fraction", "background", "store", "level"]
@@ -157,7 +157,7 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                          "min_foreground": min_foreground, "background_share": background_share, "seed": seed,
                          "spacing_um": list(reader.spacing), "axes": ["patch", "z", "y", "x"]}}
     with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
-            _progress(len(zs) * pz * Y * X * np.dtype(reader.dtype).itemsize, f"patchify {volume}", progress) as bar:
+            progress_bar(len(zs) * pz * Y * X * np.dtype(reader.dtype).itemsize, f"patchify {volume}", progress) as bar:
         arr = create_patch_array(tmp, n_grid, size, reader.dtype, compressor=compressor, clevel=clevel,
                                  attributes=attrs)
         fast = ChunkIO.for_array(arr, workers)
