@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from selma3d import strategies as ssl  # noqa: E402
+from selma3d import strategies  # noqa: E402
 from selma3d.training.pretrain import resolve_strategy_config  # noqa: E402
 from selma3d.training.runtime import autocast  # noqa: E402
 
@@ -43,7 +43,7 @@ def measure(name: str, device: torch.device, precision: str, patch: int | None, 
         cfg["patch_size"] = [patch] * 3
     bs = batch or int(cfg.get("batch_size", 2))
     torch.manual_seed(0)
-    model = ssl.build_strategy(name, cfg).to(device)
+    model = strategies.build_strategy(name, cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-4)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for device in devices:
         peak = args.peak_tflops * 1e12 if args.peak_tflops else detect_peak(device)
-        for name in args.strategies or ssl.available():
+        for name in args.strategies or strategies.available():
             try:
                 r = measure(name, device, "auto", args.patch, args.batch, args.steps, args.channels_last)
             except Exception as exc:  # one strategy failing must not hide the others' numbers

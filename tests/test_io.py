@@ -213,6 +213,37 @@ def test_unknown_suffix_and_missing_path(tmp_path):
         io.open_reader(tmp_path / "nope.nii.gz")
 
 
+def test_registry_picks_the_format_by_suffix_or_folder(tmp_path, vol):
+    written = {
+        "nifti": io.write_volume(tmp_path / "v.nii.gz", vol, spacing=SPACING),
+        "mha": io.write_volume(tmp_path / "v.nrrd", vol, spacing=SPACING),
+        "tiff": io.write_volume(tmp_path / "v.TIF", vol),
+        "zarr": io.write_volume(tmp_path / "v.ome.zarr", vol, spacing=SPACING),
+    }
+    io.write_tiff_series(tmp_path / "series", vol)
+    written["tiff-series"] = tmp_path / "series"
+    for name, path in written.items():
+        assert io.format_of(path).name == name
+        assert np.array_equal(io.read_volume(path).data, vol), name
+    assert io.read_volume(written["zarr"]).spacing == SPACING
+    plain = tmp_path / "store_without_suffix"  # a zarr store is known by its metadata too
+    written["zarr"].rename(plain)
+    assert io.format_of(plain).name == "zarr"
+    with io.open_reader(plain) as r:
+        assert isinstance(r, io.ZarrReader) and r.spacing == SPACING
+    with pytest.raises(ValueError, match="x.png"):
+        io.write_volume(tmp_path / "x.png", vol)
+
+
+def test_format_modules_share_one_volume_type():
+    from selma3d.io import mha, nifti, omezarr, tiff, volume
+
+    for module in (mha, nifti, omezarr, tiff):
+        readers = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, volume.VolumeReader)]
+        assert readers and all(r.__module__ in (module.__name__, volume.__name__) for r in readers)
+    assert io.Volume is volume.Volume and io.read_volume.__module__ == "selma3d.io.registry"
+
+
 # ---------------------------------------------------------------------------------------------
 # Real data (read from ../shared/data/real, never copied)
 
@@ -232,6 +263,7 @@ def test_real_nifti_and_tiff_readers(real_data):
         assert np.array_equal(r.read_slab(40, 60), ref[40:60])
 
 
-def test_no_machine_paths_in_module():
-    src = Path(io.__file__).read_text()
-    assert "/work/" not in src and os.path.expanduser("~") not in src
+def test_no_machine_paths_in_package():
+    for path in Path(io.__file__).parent.glob("*.py"):
+        src = path.read_text()
+        assert "/work/" not in src and os.path.expanduser("~") not in src, path.name

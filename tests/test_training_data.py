@@ -10,8 +10,9 @@ import torch
 
 from selma3d.training.checkpoint import load_checkpoint, save_checkpoint
 from selma3d.core.errors import InputError
+from selma3d.core.overlap import dice
 from selma3d.data.splits import draw_budget
-from selma3d.training.finetune import Case, dice_score, sample_crop
+from selma3d.training.finetune import Case, sample_crop
 from selma3d.core.labels import binarize_label
 from selma3d.data.manifest import annotated_pairs, read_manifest
 from selma3d.preprocess.normalize import normalize, percentile_scale
@@ -55,16 +56,16 @@ def test_foreground_crops_contain_foreground_and_pad_small_cases():
 
 def test_dice_semantics_including_empty_and_ignored_voxels():
     a = np.zeros((4, 4, 4), bool)
-    assert dice_score(a, a) == 1.0
+    assert dice(a, a) == 1.0
     b = a.copy()
     b[0, 0, 0] = True
-    assert dice_score(a, b) == 0.0
+    assert dice(a, b) == 0.0
     c = b.copy()
     c[1, 1, 1] = True
-    assert dice_score(c, b) == pytest.approx(2 / 3)
+    assert dice(c, b) == pytest.approx(2 / 3)
     ignore = np.zeros_like(a)
     ignore[1, 1, 1] = True
-    assert dice_score(c, b, ignore) == 1.0
+    assert dice(c, b, ignore) == 1.0
 
 
 def test_partial_annotation_labels():

@@ -2,6 +2,7 @@
 import csv
 from pathlib import Path
 
+from selma3d.core.text import table_separator
 from selma3d.training import runplan
 
 RESULTS = config["results_dir"]
@@ -33,9 +34,8 @@ def _read_source_manifest():
         raise ValueError("config: dataset.source is 'manifest' but dataset.manifest is empty")
     if not Path(path).exists():
         raise ValueError(f"config: dataset.manifest {path!r} does not exist")
-    sep = "\t" if path.lower().endswith((".tsv", ".tab")) else ","
     with open(path, newline="") as fh:
-        return list(csv.DictReader(fh, delimiter=sep))
+        return list(csv.DictReader(fh, delimiter=table_separator(path)))
 
 
 def _synthetic_volumes():

@@ -48,15 +48,6 @@ def random_resized_crop(
     return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(x.dtype)
 
 
-def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Flip each sample along each spatial axis with probability 0.5."""
-    b = x.shape[0]
-    for d in (2, 3, 4):
-        m = (_rand(generator, (b,), x.device) < 0.5).view(b, 1, 1, 1, 1)
-        x = torch.where(m, x.flip(d), x)
-    return x
-
-
 def rot90_yx(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Rotate sample i by ``k[i]`` quarter turns in the (y, x) plane (the isotropic plane of LSM)."""
     if x.shape[-1] != x.shape[-2]:

@@ -44,11 +44,12 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
+from selma3d.core.hashing import CHUNK, sha256_file
+from selma3d.core.text import table_separator
 from selma3d.data.manifest import read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 RECORD_NAME = "checksums.recorded.csv"
 RECORD_COLUMNS = ["url", "path", "sha256", "size", "recorded_utc"]
 PARTIAL_SUFFIX = ".incomplete"
@@ -234,22 +235,12 @@ def download_manifest(manifest: str | Path, dest: str | Path, workers: int = 4, 
     return out
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- planning
 
 
 def _raw_paths(manifest: Path) -> list[str]:
     """``path`` column as written (read_manifest makes it absolute against the manifest)."""
-    sep = "\t" if manifest.suffix.lower() in (".tsv", ".tab") else ","
-    return list(pd.read_csv(manifest, sep=sep, dtype=str, keep_default_na=False)["path"])
+    return list(pd.read_csv(manifest, sep=table_separator(manifest), dtype=str, keep_default_na=False)["path"])
 
 
 def _plan(df: pd.DataFrame, raw_paths: list[str], manifest: Path, dest: Path,
@@ -557,7 +548,7 @@ def _attempt(job: _Job, tr: _Transfer, ctx: _Ctx) -> tuple[str, int]:
     h = hashlib.sha256()
     if have and job.size is not None and have == job.size:
         tr.resumed = True
-        return _hash_into(part, h), have
+        return sha256_file(part, h), have
     headers = {"User-Agent": "selma3d-download/1", "Accept-Encoding": "identity"}
     if have:
         headers["Range"] = f"bytes={have}-"
@@ -571,7 +562,7 @@ def _attempt(job: _Job, tr: _Transfer, ctx: _Ctx) -> tuple[str, int]:
         exc.close()
         if exc.code == 416 and have:  # nothing past what we hold: the part may be complete
             tr.resumed = True
-            return _hash_into(part, h), have
+            return sha256_file(part, h), have
         if exc.code in RETRY_STATUS:
             raise _Retry(f"HTTP {exc.code} {exc.reason}", delay=retry_after) from None
         raise DownloadError(f"{job.url}: HTTP {exc.code} {exc.reason} (not retried)",
@@ -595,7 +586,7 @@ def _attempt(job: _Job, tr: _Transfer, ctx: _Ctx) -> tuple[str, int]:
             validator = resp.headers.get("Last-Modified")
         tr.validator = validator
         if resp.status == 206 and have:
-            _hash_into(part, h)
+            sha256_file(part, h)
             tr.resumed = True
             mode = "ab"
         else:  # 200: a first request, or a server that ignored Range: start over
@@ -652,13 +643,6 @@ def _retry_after(headers) -> float | None:
     """Seconds from a numeric ``Retry-After`` header (HTTP-date forms are ignored)."""
     value = headers.get("Retry-After", "") if headers is not None else ""
     return float(value) if value and value.strip().isdigit() else None
-
-
-def _hash_into(path: Path, h) -> str:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unlink(p: Path) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from selma3d.core.errors import InputError
 from selma3d.core.structures import CATEGORIES, STRUCTURE_CATEGORY
+from selma3d.core.text import table_separator
 
 COLUMNS = ["case", "role", "split", "structure", "category", "spacing_um", "path", "url", "sha256", "size"]
 REQUIRED = ["case", "role", "split", "structure", "path"]
@@ -37,17 +38,12 @@ def parse_spacing(text: str | float | None, source: str = "") -> tuple[float, fl
     return values
 
 
-def format_spacing(spacing) -> str:
-    return ",".join(f"{float(s):g}" for s in spacing)
-
-
 def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read and validate a manifest; relative ``path`` entries are resolved to absolute ones."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "a manifest CSV/TSV file", "nothing at that path")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+    df = pd.read_csv(path, sep=table_separator(path), dtype=str, keep_default_na=False)
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise InputError(path, f"columns {REQUIRED}", f"missing {missing} (has {list(df.columns)})")

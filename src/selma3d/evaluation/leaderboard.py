@@ -23,6 +23,7 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
+from selma3d.core.text import tex_escape
 from selma3d.evaluation.metrics import METRIC_COLUMNS, PROTOCOLS
 from selma3d.core.structures import CATEGORIES, structure_type_2024
 
@@ -290,10 +291,6 @@ def render_markdown(table: pd.DataFrame, protocol: str) -> str:
     return "\n".join(lines)
 
 
-def _tex_escape(s: str) -> str:
-    return s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
-
-
 def render_latex(table: pd.DataFrame, protocol: str) -> str:
     """booktabs tabular of the same table; best values in \\textbf."""
     runs, columns, cells = _display(table, protocol)
@@ -307,14 +304,14 @@ def render_latex(table: pd.DataFrame, protocol: str) -> str:
         if not groups or groups[-1][0] != g:
             groups.append([g, 0])
         groups[-1][1] += 1
-    head1 = [""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex_escape(g)}}}" for g, n in groups] + ([""] if ranks else [])
-    head2 = ["Strategy / mode / budget"] + [TEX_LABELS.get(m, _tex_escape(m)) for _, m in columns] + (["Rank"] if ranks else [])
+    head1 = [""] + [rf"\multicolumn{{{n}}}{{c}}{{{tex_escape(g)}}}" for g, n in groups] + ([""] if ranks else [])
+    head2 = ["Strategy / mode / budget"] + [TEX_LABELS.get(m, tex_escape(m)) for _, m in columns] + (["Rank"] if ranks else [])
     lines += [" & ".join(head1) + r" \\", " & ".join(head2) + r" \\", r"\midrule"]
     for run in runs:
-        row = [_tex_escape(_run_label(run))]
+        row = [tex_escape(_run_label(run))]
         for g, m in columns:
             text, best = cells.get((run, g, m), ("", False))
-            text = _tex_escape(text).replace("±", r"$\pm$").replace("–", "--")
+            text = tex_escape(text)
             row.append(rf"\textbf{{{text}}}" if best else text)
         if ranks:
             row.append(f"{ranks[run]:.2f}" if run in ranks else "")

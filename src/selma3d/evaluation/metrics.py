@@ -49,6 +49,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from selma3d.core.errors import InputError
+from selma3d.core.overlap import dice, dice_from_counts
 
 PROTOCOLS = ("selma3d2024", "selma3d2026")
 
@@ -103,22 +104,14 @@ def dice_2024(pred: np.ndarray, gt: np.ndarray) -> float:
     """2024 Dice: ``2|P∩G|/(|P|+|G|)``, 1.0 when both are empty."""
     p, g = binarize(pred, "prediction"), binarize(gt, "ground truth")
     _check_pair(p, g, None)
-    return _dice_counts(int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g)), 2024)
+    return dice(p, g, protocol_year=2024)
 
 
 def dice_2026(pred: np.ndarray, gt: np.ndarray) -> float:
     """2026 Dice: as 2024 but explicitly 0 when exactly one mask is empty (same numbers)."""
     p, g = binarize(pred, "prediction"), binarize(gt, "ground truth")
     _check_pair(p, g, None)
-    return _dice_counts(int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g)), 2026)
-
-
-def _dice_counts(inter: int, n_p: int, n_g: int, year: int) -> float:
-    if n_p + n_g == 0:
-        return 1.0
-    if year == 2026 and (n_p == 0 or n_g == 0):
-        return 0.0
-    return float(2.0 * inter / (n_p + n_g))
+    return dice(p, g, protocol_year=2026)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,7 +433,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
         g = g & keep
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     inter = int(np.count_nonzero(p & g))
-    dice = _dice_counts(inter, n_p, n_g, 2024 if protocol == "selma3d2024" else 2026)
+    dice_value = dice_from_counts(inter, n_p, n_g, 2024 if protocol == "selma3d2024" else 2026)
 
     lab_p, lab_g = _label26(p), _label26(g)
     sp, sg = skeleton(p, lab_p), skeleton(g, lab_g)
@@ -460,7 +453,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
 
     inst = instance_scores(p, g, IOU_THRESHOLD_2026, lab_p, lab_g)
     return {
-        "dice": dice,
+        "dice": dice_value,
         "cldice": cl,
         "cldice_corrected": cldice_corrected_from(ov),
         "betti0_error": int(b_err[0]),

@@ -17,10 +17,17 @@ import numpy as np
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
-from selma3d.io import Volume, VolumeReader, case_name
+from selma3d.io.volume import ZARR_SUFFIXES, Volume, VolumeReader, case_name
 
 AXES = ("z", "y", "x")
 NGFF_VERSIONS = ("0.4", "0.5")
+
+
+def is_zarr_store(path: str | Path) -> bool:
+    """A folder named ``*.zarr`` or holding zarr v2/v3 metadata (group or array)."""
+    path = Path(path)
+    return path.is_dir() and (path.name.lower().endswith(ZARR_SUFFIXES) or any(
+        (path / name).exists() for name in ("zarr.json", ".zattrs", ".zgroup", ".zarray")))
 
 
 def blosc_codec(compressor: str = "lz4", clevel: int = 1, zarr_format: int = 3):
@@ -314,12 +321,7 @@ class ZarrReader(VolumeReader):
             raise InputError(self.path, "a 3D (z, y, x) array", f"shape {self.array.shape}")
         self.shape = tuple(int(s) for s in self.array.shape)
         self.dtype = np.dtype(self.array.dtype)
-        if spacing is not None:
-            self.spacing, self.spacing_source = tuple(float(s) for s in spacing), "argument"
-        elif file_spacing is not None:
-            self.spacing, self.spacing_source = file_spacing, "file"
-        else:
-            self.spacing, self.spacing_source = (1.0, 1.0, 1.0), "default"
+        self.set_spacing(spacing, file_spacing)
         self.chunks = tuple(int(c) for c in self.array.chunks)
         self.z_chunk, self.row_chunk = self.chunks[0], self.chunks[1]
         self._fast = ChunkIO.for_array(self.array, workers)
@@ -337,10 +339,7 @@ class ZarrReader(VolumeReader):
 def read_zarr_volume(path: str | Path, level: int = 0) -> Volume:
     """A whole level of an OME-Zarr image (or a plain zarr array) in memory."""
     with ZarrReader(path, level=level) as reader:
-        data = reader.read_slab(0, reader.shape[0])
-        return Volume(data, spacing=reader.spacing,
-                      meta={"format": "zarr", "level": level, "levels": reader.levels,
-                            "translation": reader.translation, "spacing_source": reader.spacing_source})
+        return reader.read_volume(format="zarr", level=level, levels=reader.levels, translation=reader.translation)
 
 
 def write_zarr_volume(path: str | Path, data: np.ndarray, spacing=(1.0, 1.0, 1.0),

@@ -512,8 +512,3 @@ def apply_finetune_mode(net: nn.Module, mode: str, backbone: str | None = None, 
     net.train = _train_keeping_frozen.__get__(net)
     net.train(net.training)
     return net
-
-
-def pick_device() -> torch.device:
-    """CUDA when present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

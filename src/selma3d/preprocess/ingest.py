@@ -13,61 +13,15 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from selma3d.core.atomic import atomic_path
-from selma3d.io import VolumeReader, case_name, open_reader
+from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
-
-DEFAULT_BLOCK_BYTES = 128 << 20
-
-
-def plan_blocks(reader: VolumeReader, z_step: int, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
-                row_step: int | None = None) -> list[tuple[int, int, int, int]]:
-    """(z0, z1, y0, y1) blocks covering the volume in z-major order.
-
-    z-slabs are ``z_step`` planes (the writer's or reader's chunk depth). When the reader can
-    read y-bands cheaply, each slab is cut into bands of whole row chunks so that one block
-    stays under ``max_block_bytes``; otherwise blocks are whole planes.
-
-    Args:
-        row_step: band heights are multiples of this (default: the reader's row chunk); ignored
-            for readers without cheap y-bands.
-    """
-    Z, Y, X = reader.shape
-    itemsize = np.dtype(reader.dtype).itemsize
-    z_step = max(1, int(z_step))
-    step = (row_step or reader.row_chunk) if reader.row_chunk else None
-    if step:
-        fit = max_block_bytes // max(1, z_step * step * X * itemsize)
-        band = min(Y, step * max(1, int(fit)))
-    else:
-        band = Y
-    return [(z0, min(Z, z0 + z_step), y0, min(Y, y0 + band))
-            for z0 in range(0, Z, z_step) for y0 in range(0, Y, band)]
-
-
-def prefetch(reader: VolumeReader, blocks: Sequence[tuple[int, int, int, int]],
-             pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """Yield (block, data) reading the next block in ``pool`` while the caller works on this one
-    (at most two blocks in memory)."""
-    if not blocks:
-        return
-    future = pool.submit(reader.read_block, *blocks[0])
-    for i, block in enumerate(blocks):
-        data = future.result()
-        if i + 1 < len(blocks):
-            future = pool.submit(reader.read_block, *blocks[i + 1])
-        yield block, data
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                disable=not enabled, leave=False)
+from selma3d.preprocess.blocks import DEFAULT_BLOCK_BYTES, plan_blocks, prefetch, progress_bar
+from selma3d.preprocess.pyramid import PyramidBuilder
 
 
 def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None = None,
@@ -115,15 +69,13 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
         if pyramid is not None:
             if target_spacing_um is None:
                 raise ValueError("ingest_volume: pyramid needs target_spacing_um")
-            from selma3d.preprocess.pyramid import PyramidBuilder
-
             builder = PyramidBuilder(pyramid, reader.shape, reader.dtype, reader.spacing, target_spacing_um,
                                      levels, workers, method, ngff_version=ngff_version,
                                      source_name=attrs["selma3d"]["source"])
         try:
             with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
                     ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as pool, \
-                    _progress(reader.nbytes, f"ingest {name}", progress) as bar:
+                    progress_bar(reader.nbytes, f"ingest {name}", progress) as bar:
                 (arr,) = create_ome_zarr(tmp, [reader.shape], reader.dtype, chunks, [reader.spacing], None,
                                          name=name, compressor=compressor, clevel=clevel,
                                          ngff_version=ngff_version, attributes=attrs)

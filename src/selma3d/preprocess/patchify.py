@@ -25,16 +25,13 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
-from selma3d.preprocess.ingest import _progress
+from selma3d.core.text import format_spacing
 from selma3d.io import VolumeReader, case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_patch_array, open_patch_array, write_block, zarr_workers
+from selma3d.preprocess.blocks import progress_bar
 
 INDEX_COLUMNS = ["volume", "structure", "category", "spacing_um", "patch", "z", "y", "x",
                  "foreground_fraction", "background", "store", "level"]
-
-
-def _format_spacing(spacing) -> str:
-    return ",".join(f"{float(s):g}" for s in spacing)
 
 
 def resolve_threshold(reader: VolumeReader, spec, max_planes: int = 64) -> float:
@@ -147,9 +144,9 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                          f"shape {reader.shape}")
     threshold = resolve_threshold(reader, intensity_threshold)
     volume = meta.get("volume") or (case_name(reader.path) if reader.path else "volume")
-    spacing = meta.get("spacing_um") or _format_spacing(reader.spacing)
+    spacing = meta.get("spacing_um") or format_spacing(reader.spacing)
     if not isinstance(spacing, str):
-        spacing = _format_spacing(spacing)
+        spacing = format_spacing(spacing)
     fg_rows, rejected = [], []
     attrs = {"selma3d": {"stage": "patchify", "source": Path(str(reader.path)).name if reader.path else None,
                          "level": level, "patch_size": list(size), "stride": list(step),
@@ -157,7 +154,7 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
                          "min_foreground": min_foreground, "background_share": background_share, "seed": seed,
                          "spacing_um": list(reader.spacing), "axes": ["patch", "z", "y", "x"]}}
     with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
-            _progress(len(zs) * pz * Y * X * np.dtype(reader.dtype).itemsize, f"patchify {volume}", progress) as bar:
+            progress_bar(len(zs) * pz * Y * X * np.dtype(reader.dtype).itemsize, f"patchify {volume}", progress) as bar:
         arr = create_patch_array(tmp, n_grid, size, reader.dtype, compressor=compressor, clevel=clevel,
                                  attributes=attrs)
         fast = ChunkIO.for_array(arr, workers)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
+from selma3d.core.text import format_spacing
 from selma3d.io import (MHA_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ArrayReader, case_name, natural_key,
                  open_reader)
 from selma3d.preprocess.patchify import INDEX_COLUMNS, foreground_fraction, resolve_threshold, sample_background
@@ -254,7 +255,7 @@ def collect_patch_files(files: Sequence[str | Path], out_zarr: str | Path, index
         records = []
         for (i, z0, y0, x0, frac), background in [(r, False) for r in fg_rows] + [(r, True) for r in bg_rows]:
             m = meta[i]
-            spacing = m.get("spacing_um") or ",".join(f"{float(s):g}" for s in spacings[i])
+            spacing = m.get("spacing_um") or format_spacing(spacings[i])
             records.append({"volume": m.get("volume") or case_name(files[i]), "structure": m.get("structure", ""),
                             "category": m.get("category", ""), "spacing_um": spacing, "patch": len(records),
                             "z": z0, "y": y0, "x": x0, "foreground_fraction": frac, "background": background,

@@ -33,9 +33,9 @@ from typing import Sequence
 import numpy as np
 
 from selma3d.core.atomic import atomic_path
-from selma3d.preprocess.ingest import DEFAULT_BLOCK_BYTES, _progress, plan_blocks, prefetch
 from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
+from selma3d.preprocess.blocks import DEFAULT_BLOCK_BYTES, plan_blocks, prefetch, progress_bar
 
 METHODS = ("auto", "mean", "gaussian")
 _INT_TOL = 1e-6
@@ -429,7 +429,7 @@ class PyramidBuilder:
 
     Blocks must arrive in z-major order: whole z-slabs, each as consecutive y-bands starting
     at ``y0 == 0`` and ending at ``y1 == Y``, every band spanning all of x (the order
-    :func:`selma3d.preprocess.ingest.plan_blocks` produces). Used by :func:`downsample_volume` and, to
+    :func:`selma3d.preprocess.blocks.plan_blocks` produces). Used by :func:`downsample_volume` and, to
     build the pyramid in the same pass as the full-resolution copy, by
     :func:`selma3d.preprocess.ingest.ingest_volume`.
     """
@@ -552,7 +552,7 @@ def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Seq
                                  source_name=Path(str(reader.path)).name if reader.path else None)
         try:
             with zarr_workers(workers), ThreadPoolExecutor(1, thread_name_prefix="ds-read") as rpool, \
-                    _progress(reader.nbytes, f"downsample {case_name(out_ome_zarr)}", progress) as bar:
+                    progress_bar(reader.nbytes, f"downsample {case_name(out_ome_zarr)}", progress) as bar:
                 for (z0, z1, y0, y1), block in prefetch(reader, blocks, rpool):
                     builder.push(z0, z1, y0, y1, block)
                     bar.update(block.nbytes)

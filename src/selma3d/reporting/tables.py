@@ -20,6 +20,7 @@ import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
+from selma3d.core.text import tex_escape
 from selma3d.evaluation.leaderboard import (
     GROUP_METRICS,
     LABELS,
@@ -218,11 +219,6 @@ def render_ablation_markdown(t6: pd.DataFrame, protocol: str, baseline: str = BA
     return "\n".join(lines)
 
 
-def _tex(s: str) -> str:
-    return (s.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-            .replace("#", r"\#").replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--"))
-
-
 def render_ablation_latex(t6: pd.DataFrame, protocol: str, baseline: str = BASELINE) -> str:
     """booktabs tabular of table 6, one column group per structure."""
     if t6.empty:
@@ -233,18 +229,18 @@ def render_ablation_latex(t6: pd.DataFrame, protocol: str, baseline: str = BASEL
         if not groups or groups[-1][0] != (s, seen):
             groups.append([(s, seen), 0])
         groups[-1][1] += 1
-    lines = [f"% {protocol}: with vs without SSL ({_tex(baseline)}); mean $\\pm$ sample std, "
+    lines = [f"% {protocol}: with vs without SSL ({tex_escape(baseline)}); mean $\\pm$ sample std, "
              "Dice/clDice/PQ in \\%, $\\Delta$ in points",
              r"\begin{tabular}{l" + "c" * len(cols) + "}", r"\toprule",
-             " & ".join([""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex(_structure_label(*g))}}}" for g, n in groups]) + r" \\",
-             " & ".join(["Strategy / mode / budget"] + [TEX_LABELS.get(m, _tex(m)) for _, _, m in cols]) + r" \\",
+             " & ".join([""] + [rf"\multicolumn{{{n}}}{{c}}{{{tex_escape(_structure_label(*g))}}}" for g, n in groups]) + r" \\",
+             " & ".join(["Strategy / mode / budget"] + [TEX_LABELS.get(m, tex_escape(m)) for _, _, m in cols]) + r" \\",
              r"\midrule"]
     first = True
     for label, cells, is_base in _ablation_rows(t6):
         if is_base and not first:
             lines.append(r"\midrule")
         first = False
-        row = [_tex(label)] + [rf"\textbf{{{_tex(t)}}}" if best else _tex(t) for t, best in cells]
+        row = [tex_escape(label)] + [rf"\textbf{{{tex_escape(t)}}}" if best else tex_escape(t) for t, best in cells]
         lines.append(" & ".join(row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(lines)

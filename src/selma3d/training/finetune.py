@@ -19,6 +19,7 @@ import torch
 from selma3d import io
 from selma3d.core.atomic import atomic_path
 from selma3d.core.labels import binarize_label
+from selma3d.core.overlap import dice
 from selma3d.data.manifest import annotated_pairs, parse_spacing, read_manifest
 from selma3d.preprocess.normalize import normalize
 from selma3d.training.sampling import step_rng
@@ -105,14 +106,6 @@ def predict_probability(net, image: np.ndarray, roi_size, device, overlap: float
         logits = sliding_window_inference(x, roi_size, sw_batch_size, net, overlap=overlap, mode=blend,
                                           padding_mode="reflect" if min(image.shape) > 1 else "constant")
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
-
-
-def dice_score(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
-    """Dice on annotated voxels (1.0 when both are empty, as SELMA3D 2024 scores it)."""
-    if ignore is not None:
-        pred, gt = pred & ~ignore, gt & ~ignore
-    denom = int(pred.sum()) + int(gt.sum())
-    return 1.0 if denom == 0 else 2.0 * int((pred & gt).sum()) / denom
 
 
 def scratch_model_config(model_cfg: dict[str, Any], scratch_net: dict | None = None) -> dict[str, Any]:
@@ -208,9 +201,9 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
         row = {"step": step, "loss": float(total.detach())}
         if (step + 1) % val_every == 0 or step + 1 == steps:
             net.eval()
-            scores = [dice_score(predict_probability(net, c.image, roi, device, overlap=val_overlap,
-                                                     precision=precision) > 0.5,
-                                 c.label.astype(bool), c.ignore) for c in val_cases]
+            scores = [dice(predict_probability(net, c.image, roi, device, overlap=val_overlap,
+                                               precision=precision) > 0.5,
+                           c.label.astype(bool), c.ignore) for c in val_cases]
             row["val_dice"] = float(np.mean(scores))
             if row["val_dice"] > best["dice"]:
                 best = {"dice": row["val_dice"], "step": step,

@@ -28,7 +28,9 @@ import pandas as pd
 
 from selma3d import io
 from selma3d.core.errors import InputError
-from selma3d.data.manifest import format_spacing, write_manifest
+from selma3d.core.hashing import sha256_file
+from selma3d.core.text import format_spacing
+from selma3d.data.manifest import write_manifest
 from selma3d.core.structures import category_of
 from selma3d.data.synth.render import IMAGING_DEFAULTS, draw_field, draw_specimen, render_structure
 from selma3d.data.synth.shapes import GENERATORS
@@ -199,14 +201,6 @@ def render_job(seed: int, job: dict, cfg: dict) -> tuple[np.ndarray, np.ndarray]
     if job["kind"] == "volume":
         params["depth_um"] = float(cfg["imaging"].get("depth_um", 0.0))
     return render_structure(job["structure"], job["shape"], cfg["spacing_um"], rng, **params)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def sha256_folder(paths: list[Path]) -> tuple[str, int]:

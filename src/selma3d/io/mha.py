@@ -1,0 +1,67 @@
+"""MetaImage (``.mha``, ``.mhd``) and NRRD through SimpleITK, in the (z, y, x) convention
+(SimpleITK's ``GetArrayFromImage`` order; its spacing is (x, y, z) and is reversed here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from selma3d.core.atomic import atomic_path
+from selma3d.core.errors import InputError
+from selma3d.io.volume import Volume, VolumeReader, swap_xz
+
+
+def read_mha(path: str | Path) -> Volume:
+    """A whole MetaImage/NRRD image in memory as (z, y, x)."""
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(path, "a readable MetaImage/NRRD file", str(exc).strip().splitlines()[-1]) from exc
+    return Volume(sitk.GetArrayFromImage(img), spacing=swap_xz(img.GetSpacing()), meta={"format": "sitk"})
+
+
+def write_mha(path: str | Path, data: np.ndarray, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Path:
+    """Write a (z, y, x) array as MetaImage, atomically."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.asarray(data))
+    img.SetSpacing(swap_xz(spacing))  # (z, y, x) -> SimpleITK's (x, y, z): the same reversal
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+    return Path(path)
+
+
+class SitkReader(VolumeReader):
+    """MetaImage/NRRD via SimpleITK: header read up front, voxels loaded whole on first use
+    (these come as test-sized patches; MHA has no cheap slab access when compressed)."""
+
+    def __init__(self, path: str | Path, spacing=None):
+        import SimpleITK as sitk
+
+        self.path = Path(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(self.path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(self.path, "a readable MetaImage/NRRD file", str(exc).strip().splitlines()[-1]) from exc
+        size = reader.GetSize()
+        if len(size) != 3 or reader.GetNumberOfComponents() != 1:
+            raise InputError(self.path, "a 3D single-component image",
+                             f"size {size} with {reader.GetNumberOfComponents()} components")
+        self.shape = (int(size[2]), int(size[1]), int(size[0]))
+        self.set_spacing(spacing, swap_xz(reader.GetSpacing()))
+        probe = sitk.Image(1, 1, 1, reader.GetPixelID())
+        self.dtype = sitk.GetArrayViewFromImage(probe).dtype
+        self._data: np.ndarray | None = None
+
+    def _read(self, z0, z1, y0, y1, x0, x1):
+        if self._data is None:
+            self._data = read_mha(self.path).data
+        return np.array(self._data[z0:z1, y0:y1, x0:x1])
+
+    def close(self) -> None:
+        self._data = None
