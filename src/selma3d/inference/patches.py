@@ -28,12 +28,14 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
 
 def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str | Path, overlap: float = 0.5,
                      threshold: float = 0.5, sw_batch_size: int = 4, blend: str = "gaussian",
-                     min_component_size: int = 0, split: str = "test", progress: bool = True) -> list[Path]:
+                     min_component_size: int = 0, split: str = "test", progress: bool = True,
+                     mirror_axes: tuple[int, ...] | None = None) -> list[Path]:
     """Segment every image of ``split`` and write ``<case>.nii.gz`` masks (uint8) into ``out_dir``.
 
     Predictions keep the input's geometry (its affine for NIfTI inputs, its spacing otherwise),
     so the official evaluators and viewers overlay them on the raw data. The folder appears
-    only when every case is written.
+    only when every case is written. ``mirror_axes`` (e.g. ``(0, 1, 2)``) turns on test-time
+    mirroring (:func:`selma3d.inference.tta.predict_with_tta`).
     """
     from selma3d.training.finetune import load_model, predict_probability
 
@@ -52,8 +54,15 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
             data = np.asarray(vol.data, dtype=np.float32)
             if not np.isfinite(data).all():
                 raise io.InputError(row.path, "finite intensities", "NaN or inf values")
-            prob = predict_probability(net, normalize(data, payload.get("normalize", "percentile")), roi, device,
-                                       overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)
+            norm = normalize(data, payload.get("normalize", "percentile"))
+            if mirror_axes:
+                from selma3d.inference.tta import predict_with_tta
+
+                prob = predict_with_tta(net, norm, roi, device, overlap=overlap, mirror_axes=mirror_axes,
+                                        sw_batch_size=sw_batch_size, blend=blend)
+            else:
+                prob = predict_probability(net, norm, roi, device, overlap=overlap, sw_batch_size=sw_batch_size,
+                                           blend=blend)
             mask = remove_small_components(prob > threshold, min_component_size).astype(np.uint8)
             io.write_nifti(tmp / f"{row.case}.nii.gz", mask, vol.spacing, affine=vol.affine)
             written.append(Path(out_dir) / f"{row.case}.nii.gz")

@@ -17,6 +17,9 @@ Backbones (``cfg["backbone"]``):
   MONAI's ``UNETR`` hard-codes 16³ tokens and 12 layers) plus a UNETR-style conv decoder
   built from MONAI's UNETR blocks. Positional embeddings are interpolated for other input
   sizes (DINO local crops). The encoder is ``vit``.
+- ``dynunet``: MONAI ``DynUNet`` with nnU-Net's topology (kernels/strides from ``patch_size``
+  and ``spacing``), see :mod:`selma3d.nets.dynunet`. The encoder is ``input_block``,
+  ``downsamples`` and ``bottleneck``; optional deep supervision.
 
 The strategy and the finetuning run must build the network from the same config; the keys it
 reads are listed in :data:`NET_DEFAULTS` (other keys in ``cfg`` are ignored).
@@ -34,10 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from selma3d.core.errors import InputError
+from selma3d.nets import dynunet as _dynunet
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("unet", "swinunetr", "attention_unet", "vit")
+BACKBONES = ("unet", "swinunetr", "attention_unet", "vit", "dynunet")
 FINETUNE_MODES = ("full", "frozen", "adapter")
 
 #: per-backbone network keys and their defaults (``patch_size`` is (z, y, x) voxels)
@@ -63,6 +67,7 @@ NET_DEFAULTS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
     },
 }
+NET_DEFAULTS["dynunet"] = dict(_dynunet.DEFAULTS)
 COMMON_DEFAULTS: dict[str, Any] = {"backbone": "unet", "patch_size": [64, 64, 64], "in_channels": 1, "out_channels": 1}
 
 
@@ -98,6 +103,8 @@ def encoder_stride(cfg: dict[str, Any]) -> int:
         return 32
     if b == "attention_unet":
         return int(math.prod(c["strides"]))
+    if b == "dynunet":  # per axis in _dynunet.total_strides; the largest here
+        return int(max(_dynunet.total_strides(_dynunet.resolve(c))))
     return int(c["vit_patch_size"])
 
 
@@ -111,10 +118,14 @@ def encoder_channels(cfg: dict[str, Any]) -> int:
         return int(c["feature_size"]) * 16
     if b == "attention_unet":
         return int(c["channels"][-1])
+    if b == "dynunet":
+        return int(_dynunet.resolve(c)["filters"][-1])
     return int(c["hidden_size"])
 
 
 def _check_patch(c: dict[str, Any]) -> None:
+    if c["backbone"] == "dynunet":
+        return _dynunet.check_patch(c)
     stride = encoder_stride(c)
     # instance norm on the deepest map of unet / swinunetr needs more than one voxel
     least = 2 * stride if c["backbone"] in ("unet", "swinunetr") else stride
@@ -264,6 +275,8 @@ def build_segmentation_net(cfg: dict[str, Any]) -> nn.Module:
                              f"channels {c['channels']}, strides {c['strides']}")
         net = AttentionUnet(spatial_dims=3, in_channels=cin, out_channels=cout, channels=tuple(c["channels"]),
                             strides=tuple(c["strides"]), dropout=float(c["dropout"]))
+    elif b == "dynunet":
+        net, c = _dynunet.build(c)
     else:
         net = ViTSegNet(cin, cout, c["patch_size"], patch_size=int(c["vit_patch_size"]),
                         hidden_size=int(c["hidden_size"]), mlp_dim=int(c["mlp_dim"]),
@@ -304,6 +317,8 @@ def _encoder_modules(net: nn.Module, backbone: str) -> list[tuple[str, nn.Module
         return _attention_encoder_modules(net)
     if backbone == "vit":
         return [("vit", net.vit)]
+    if backbone == "dynunet":
+        return _dynunet.encoder_modules(net)
     raise InputError(None, f"backbone one of {list(BACKBONES)}", repr(backbone))
 
 
@@ -318,6 +333,8 @@ def encoder_prefixes(backbone: str, cfg: dict[str, Any] | None = None) -> list[s
         return ["swinViT."]
     if backbone == "vit":
         return ["vit."]
+    if backbone == "dynunet":
+        return list(_dynunet.ENCODER_PREFIXES)
     if backbone == "attention_unet":
         n = len(net_config({**(cfg or {}), "backbone": backbone})["strides"])
         out, name = ["model.0."], "model.1"
@@ -333,6 +350,8 @@ def output_prefixes(backbone: str, cfg: dict[str, Any] | None = None) -> list[st
     """Prefixes of the final 1×1 output layer (not exported by reconstruction pretext tasks)."""
     if backbone == "attention_unet":
         return ["model.2."]
+    if backbone == "dynunet":
+        return _dynunet.output_prefixes(cfg)
     return {"unet": ["final_conv."], "swinunetr": ["out."], "vit": ["out."]}[backbone]
 
 

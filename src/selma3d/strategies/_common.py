@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selma3d.nets import models
+from selma3d.nets.dynunet import single_output
 from selma3d.core.errors import InputError
 from selma3d.strategies.base import Strategy
 
@@ -32,6 +33,7 @@ class StrategyBase(Strategy):
         self.net_config = models.net_config(self.config)
         self.backbone = self.net_config["backbone"]
         self.encoder_net = models.build_segmentation_net(self.net_config)
+        single_output(self.encoder_net)  # pretext tasks read the main output (no deep-supervision stack)
         self.feat_dim = models.encoder_channels(self.net_config)
         self.pool_dim = 2 * self.feat_dim  # see pool_features
         self._gen: torch.Generator | None = None

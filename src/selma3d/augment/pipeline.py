@@ -1,0 +1,285 @@
+"""nnU-Net-style on-the-fly augmentation of image + label crops, built from ``monai.transforms``.
+
+Usage::
+
+    from selma3d.augment.pipeline import DEFAULTS, build_augmentation
+    aug = build_augmentation({"p_elastic": 0.2}, spacing=(6.0, 1.62, 1.62), seed=0)
+    image, label = aug(image, label)                  # (C, z, y, x) or (z, y, x); numpy or torch
+    image, label, ignore = aug(image, label, ignore)  # with a bool ignore mask of the label's shape
+    aug.set_random_state(seed)                        # reseed (e.g. per training step)
+
+The same seed on the same input gives the same output (every random draw comes from the
+MONAI transforms' ``RandomState``, seeded through :meth:`Augmenter.set_random_state`). The output
+has the input's shape, type (numpy / torch) and, for the label, dtype.
+
+Transforms, in nnU-Net's order (probabilities and ranges are :data:`DEFAULTS`; pass any subset
+to override, an unknown key raises):
+
+1. rotation (``p_rotation`` 0.2) and scaling (``p_scaling`` 0.2), drawn independently and applied
+   in one resampling (MONAI ``Affine``). Rotation about z (in-plane) within
+   ±``rotate_inplane_deg`` (30°); about y and x within ±``rotate_outofplane_deg`` — by default
+   30° for near-isotropic data and ``rotate_outofplane_deg_anisotropic`` (5°) when
+   max/min spacing > ``anisotropy_threshold`` (3, nnU-Net's rule). Scale factor in
+   ``scale_range`` (0.7-1.4, same for all axes; > 1 zooms out as in nnU-Net).
+2. elastic deformation (``p_elastic``, off by default; MONAI ``Rand3DElasticd``).
+3. Gaussian noise (``p_noise`` 0.1): MONAI samples the noise std uniformly in
+   [0, sqrt(max of ``noise_variance``)] (nnU-Net samples the variance in (0, 0.1)).
+4. Gaussian blur (``p_blur`` 0.2, sigma ``blur_sigma`` 0.5-1 voxel per axis).
+5. brightness, multiplicative (``p_brightness`` 0.15, factor 0.75-1.25).
+6. contrast (``p_contrast`` 0.15, factor 0.75-1.25 around the mean, clipped to the input range).
+7. simulated low resolution (``p_lowres`` 0.25, nearest down-sampling by a zoom in 0.5-1, then
+   trilinear up-sampling).
+8. gamma on the inverted image (``p_gamma_inverted`` 0.1), then gamma (``p_gamma`` 0.3), gamma
+   in 0.7-1.5, intensity statistics retained.
+9. mirroring, each axis of ``mirror_axes`` with ``p_mirror`` 0.5.
+
+Labels follow the spatial transforms only, with **nearest** interpolation, so label values
+(0/1, an ignore value such as 255, extra mask channels) stay values of the input label.
+Voxels that rotation/scaling/elastic deformation bring in from outside the crop:
+
+- image: ``image_padding`` (MONAI padding mode ``zeros`` (default, nnU-Net's constant 0),
+  ``border`` or ``reflection``);
+- label: ``label_padding`` ``background`` (default: 0) or ``ignore``: such voxels are set to
+  ``ignore_value`` in the label (when given) and True in the returned ignore mask (when one was
+  passed). ``ignore`` needs one of the two. Use ``ignore`` when the loss supports an ignore mask:
+  the padded image there is not real data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from selma3d.core.errors import InputError
+
+#: nnU-Net's default augmentation probabilities and ranges (Isensee et al. 2021, DA5-free default)
+DEFAULTS: dict[str, Any] = {
+    "p_rotation": 0.2,
+    "rotate_inplane_deg": 30.0,
+    "rotate_outofplane_deg": None,  # None: 30 (isotropic) or rotate_outofplane_deg_anisotropic
+    "rotate_outofplane_deg_anisotropic": 5.0,
+    "anisotropy_threshold": 3.0,
+    "p_scaling": 0.2,
+    "scale_range": (0.7, 1.4),
+    "p_elastic": 0.0,
+    "elastic_sigma": (5.0, 8.0),
+    "elastic_magnitude": (100.0, 200.0),
+    "p_noise": 0.1,
+    "noise_variance": (0.0, 0.1),
+    "p_blur": 0.2,
+    "blur_sigma": (0.5, 1.0),
+    "p_brightness": 0.15,
+    "brightness_range": (0.75, 1.25),
+    "p_contrast": 0.15,
+    "contrast_range": (0.75, 1.25),
+    "p_lowres": 0.25,
+    "lowres_zoom": (0.5, 1.0),
+    "p_gamma": 0.3,
+    "p_gamma_inverted": 0.1,
+    "gamma_range": (0.7, 1.5),
+    "p_mirror": 0.5,
+    "mirror_axes": (0, 1, 2),
+    "image_padding": "zeros",
+    "label_padding": "background",
+    "ignore_value": None,
+}
+
+IMAGE_PADDINGS = ("zeros", "border", "reflection")
+LABEL_PADDINGS = ("background", "ignore")
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain tensor (MONAI may return MetaTensors)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def resolve_config(cfg: dict[str, Any] | None, spacing: Sequence[float] | None = None) -> dict[str, Any]:
+    """:data:`DEFAULTS` overridden by ``cfg``, with the out-of-plane rotation resolved for ``spacing``."""
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise InputError(None, f"augmentation keys among {sorted(DEFAULTS)}", f"unknown {unknown}")
+    c = {**DEFAULTS, **cfg}
+    for k, v in c.items():
+        if k.startswith("p_") and not 0.0 <= float(v) <= 1.0:
+            raise InputError(None, f"augmentation probability {k} in [0, 1]", repr(v))
+    if c["image_padding"] not in IMAGE_PADDINGS:
+        raise InputError(None, f"image_padding one of {list(IMAGE_PADDINGS)}", repr(c["image_padding"]))
+    if c["label_padding"] not in LABEL_PADDINGS:
+        raise InputError(None, f"label_padding one of {list(LABEL_PADDINGS)}", repr(c["label_padding"]))
+    sp = [1.0, 1.0, 1.0] if spacing is None else [float(s) for s in spacing]
+    anisotropic = max(sp) / min(sp) > float(c["anisotropy_threshold"])
+    if c["rotate_outofplane_deg"] is None:
+        c["rotate_outofplane_deg"] = (float(c["rotate_outofplane_deg_anisotropic"]) if anisotropic
+                                      else float(c["rotate_inplane_deg"]))
+    c["anisotropic"] = anisotropic
+    c["spacing"] = sp
+    return c
+
+
+def _rotate_scale_transform(c: dict[str, Any]):
+    """MapTransform rotating and/or scaling ``image`` (linear) and ``label`` (nearest) in one go."""
+    from monai.transforms import Affine, MapTransform, Randomizable
+
+    class RandRotateScaled(Randomizable, MapTransform):
+        """Rotation (p_rotation) and scaling (p_scaling) drawn independently, one resampling."""
+
+        def __init__(self):
+            MapTransform.__init__(self, ["image", "label"], allow_missing_keys=True)
+            self.p_rot, self.p_scale = float(c["p_rotation"]), float(c["p_scaling"])
+            self.max_angles = [math.radians(float(c["rotate_inplane_deg"])),
+                               math.radians(float(c["rotate_outofplane_deg"])),
+                               math.radians(float(c["rotate_outofplane_deg"]))]
+            self.scale_range = tuple(float(s) for s in c["scale_range"])
+            self.padding = c["image_padding"]
+            self.do_rot = self.do_scale = False
+            self.angles, self.scale = [0.0, 0.0, 0.0], 1.0
+
+        def randomize(self, data=None) -> None:
+            # always draw every value so the stream advances the same way whatever is applied
+            self.do_rot = self.R.rand() < self.p_rot
+            self.do_scale = self.R.rand() < self.p_scale
+            self.angles = [float(self.R.uniform(-a, a)) for a in self.max_angles]
+            self.scale = float(self.R.uniform(*self.scale_range))
+
+        def __call__(self, data):
+            self.randomize()
+            if not (self.do_rot or self.do_scale):
+                return data
+            d = dict(data)
+            kw = dict(rotate_params=self.angles if self.do_rot else None,
+                      scale_params=[self.scale] * 3 if self.do_scale else None, image_only=True)
+            d["image"] = _plain(Affine(mode="bilinear", padding_mode=self.padding, **kw)(d["image"]))
+            if "label" in d:
+                d["label"] = _plain(Affine(mode="nearest", padding_mode="zeros", **kw)(d["label"]))
+            return d
+
+    return RandRotateScaled()
+
+
+def _compose(c: dict[str, Any]):
+    import monai.transforms as T
+
+    img = ["image"]
+    ts: list = [_rotate_scale_transform(c)]
+    if float(c["p_elastic"]) > 0:
+        ts.append(T.Rand3DElasticd(["image", "label"], sigma_range=tuple(c["elastic_sigma"]),
+                                   magnitude_range=tuple(c["elastic_magnitude"]), prob=float(c["p_elastic"]),
+                                   mode=("bilinear", "nearest"), padding_mode=(c["image_padding"], "zeros"),
+                                   allow_missing_keys=True))
+    sig = tuple(float(s) for s in c["blur_sigma"])
+    b0, b1 = (float(v) for v in c["brightness_range"])
+    c0, c1 = (float(v) for v in c["contrast_range"])
+    gamma = tuple(float(g) for g in c["gamma_range"])
+    ts += [
+        T.RandGaussianNoised(img, prob=float(c["p_noise"]), mean=0.0,
+                             std=math.sqrt(float(max(c["noise_variance"]))), sample_std=True),
+        T.RandGaussianSmoothd(img, sigma_x=sig, sigma_y=sig, sigma_z=sig, prob=float(c["p_blur"])),
+        T.RandScaleIntensityd(img, factors=(b0 - 1.0, b1 - 1.0), prob=float(c["p_brightness"])),
+        T.RandScaleIntensityFixedMeand(img, factors=(c0 - 1.0, c1 - 1.0), fixed_mean=True, preserve_range=True,
+                                       prob=float(c["p_contrast"])),
+        T.RandSimulateLowResolutiond(img, prob=float(c["p_lowres"]), downsample_mode="nearest",
+                                     upsample_mode="trilinear", zoom_range=tuple(c["lowres_zoom"])),
+        T.RandAdjustContrastd(img, prob=float(c["p_gamma_inverted"]), gamma=gamma, invert_image=True,
+                              retain_stats=True),
+        T.RandAdjustContrastd(img, prob=float(c["p_gamma"]), gamma=gamma, invert_image=False, retain_stats=True),
+    ]
+    for axis in c["mirror_axes"]:
+        ts.append(T.RandFlipd(["image", "label"], prob=float(c["p_mirror"]), spatial_axis=int(axis),
+                              allow_missing_keys=True))
+    return T.Compose(ts)
+
+
+class Augmenter:
+    """Seeded augmentation callable (see the module docstring); build with :func:`build_augmentation`."""
+
+    def __init__(self, cfg: dict[str, Any] | None = None, spacing: Sequence[float] | None = None, seed: int = 0):
+        self.config = resolve_config(cfg, spacing)
+        self.transform = _compose(self.config)
+        self.set_random_state(seed)
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "Augmenter":
+        """Reseed every random transform (MONAI's ``Randomizable.set_random_state``)."""
+        self.transform.set_random_state(seed=None if seed is None else int(seed) % 2**32, state=state)
+        return self
+
+    def __call__(self, image, label=None, ignore=None):
+        c = self.config
+        is_np = isinstance(image, np.ndarray)
+        img = torch.as_tensor(np.asarray(image) if is_np else image).float()
+        squeeze = img.ndim == 3
+        if squeeze:
+            img = img[None]
+        if img.ndim != 4:
+            raise InputError(None, "image (C, z, y, x) or (z, y, x)", f"shape {tuple(img.shape)}")
+        spatial = tuple(img.shape[1:])
+        lab_in = label
+        parts, n_lab, lab_squeeze = [], 0, False
+        if label is not None:
+            lab = torch.as_tensor(np.asarray(label) if isinstance(label, np.ndarray) else label)
+            lab_squeeze = lab.ndim == 3
+            lab = lab[None] if lab_squeeze else lab
+            if tuple(lab.shape[1:]) != spatial:
+                raise InputError(None, f"label of spatial shape {spatial} like the image", f"{tuple(lab.shape)}")
+            parts.append(lab.float())
+            n_lab = lab.shape[0]
+        if ignore is not None:
+            ign = torch.as_tensor(np.asarray(ignore) if isinstance(ignore, np.ndarray) else ignore).bool()
+            ign = ign[None] if ign.ndim == 3 else ign
+            if tuple(ign.shape[1:]) != spatial or ign.shape[0] != 1:
+                raise InputError(None, f"ignore mask of shape {spatial}", f"{tuple(ign.shape)}")
+            parts.append(ign.float())
+        track_valid = c["label_padding"] == "ignore" and bool(parts)
+        if c["label_padding"] == "ignore" and ignore is None and c["ignore_value"] is None:
+            raise InputError(None, "label_padding 'ignore' with an ignore mask argument or an ignore_value",
+                             "neither")
+        if track_valid:
+            parts.append(torch.ones((1, *spatial)))
+        data = {"image": img}
+        if parts:
+            data["label"] = torch.cat(parts)
+        out = self.transform(data)
+        img_out = _plain(out["image"]).float()
+        if squeeze:
+            img_out = img_out[0]
+        lab_out = ign_out = None
+        if parts:
+            stack = _plain(out["label"])
+            i = n_lab
+            lab_out = stack[:n_lab]
+            if ignore is not None:
+                ign_out = stack[i:i + 1] > 0.5
+                i += 1
+            if track_valid:
+                outside = stack[i:i + 1] < 0.5
+                if ign_out is not None:
+                    ign_out = ign_out | outside
+                if c["ignore_value"] is not None and lab_out is not None:
+                    fill = torch.full_like(lab_out, float(c["ignore_value"]))
+                    lab_out = torch.where(outside.expand_as(lab_out), fill, lab_out)
+        img_ret = img_out.numpy().astype(np.float32) if is_np else img_out.to(
+            image.dtype if image.is_floating_point() else torch.float32)
+        lab_ret = None
+        if lab_in is not None:
+            lab_out = lab_out[0] if lab_squeeze else lab_out
+            if isinstance(lab_in, np.ndarray):
+                arr = lab_out.numpy()
+                lab_ret = (np.rint(arr) if lab_in.dtype.kind in "iub" else arr).astype(lab_in.dtype)
+            else:
+                lab_ret = torch.round(lab_out).to(lab_in.dtype) if not lab_in.is_floating_point() else lab_out.to(
+                    lab_in.dtype)
+        if ignore is None:
+            return img_ret, lab_ret
+        ign_ret = ign_out[0] if np.ndim(ignore) == 3 else ign_out
+        ign_ret = ign_ret.numpy() if isinstance(ignore, np.ndarray) else ign_ret
+        return img_ret, lab_ret, ign_ret
+
+
+def build_augmentation(cfg: dict[str, Any] | None = None, spacing: Sequence[float] | None = None,
+                       seed: int = 0) -> Augmenter:
+    """The augmentation callable ``aug(image, label[, ignore])`` for a config (subset of
+    :data:`DEFAULTS`) and the data's voxel spacing (z, y, x), seeded with ``seed``."""
+    return Augmenter(cfg, spacing, seed)

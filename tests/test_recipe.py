@@ -1,0 +1,439 @@
+"""nnU-Net-grade recipe pieces: dynunet topology, deep supervision, augmentation, TTA,
+post-processing search, classical baseline and the dataset fingerprint / plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from selma3d import io
+from selma3d.nets import dynunet as D
+from selma3d.nets import models as M
+from selma3d.training.deep_supervision import DeepSupervisionLoss, downsample_target, head_weights, unstack_heads
+from selma3d.training.losses import build_loss
+
+TINY_DYN = dict(backbone="dynunet", patch_size=[16, 32, 32], spacing=[2.0, 1.0, 1.0], base_filters=4, max_filters=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# dynunet topology and backbone
+
+
+def test_topology_isotropic_by_hand():
+    t = D.topology([64, 64, 64], [1.0, 1.0, 1.0])
+    assert t["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4  # 64 -> 4: four poolings, stop at 4
+    assert t["kernel_size"] == [[3, 3, 3]] * 5
+    assert t["divisor"] == [16, 16, 16] and t["patch_size"] == [64, 64, 64]
+    t = D.topology([128, 128, 128], [1.0, 1.0, 1.0])
+    assert len(t["strides"]) == 6 and t["num_pool"] == [5, 5, 5]  # 5 poolings cap (6 stages)
+    assert D.topology([36, 36, 36], [1, 1, 1])["patch_size"] == [40, 40, 40]  # 3 poolings: multiples of 8
+
+
+def test_topology_anisotropic_by_hand():
+    # z spacing 4x the in-plane one: y/x are pooled twice before z joins; z starts with 1-wide kernels
+    t = D.topology([32, 128, 128], [4.0, 1.0, 1.0])
+    assert t["strides"] == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert t["kernel_size"] == [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+    assert t["divisor"] == [8, 32, 32]
+    # light-sheet 6 x 1.62 x 1.62 µm: one in-plane pooling first (ratio 3.7), then all axes
+    t = D.topology([56, 96, 96], [6.0, 1.62, 1.62])
+    assert t["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert t["kernel_size"][0] == [1, 3, 3] and t["kernel_size"][1] == [3, 3, 3]
+    assert D.default_filters(7) == [32, 64, 128, 256, 320, 320, 320]
+
+
+def test_dynunet_backbone_builds_and_exposes_its_encoder():
+    net = M.build_segmentation_net(TINY_DYN)
+    c = net.selma3d_cfg
+    assert c["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]] and c["filters"] == [4, 8, 16, 16]
+    assert M.net_config(c)["strides"] == c["strides"]  # the resolved config rebuilds the same net
+    prefixes = tuple(M.encoder_prefixes("dynunet", c))
+    enc_modules = [net.input_block, *net.downsamples, net.bottleneck]
+    enc_ids = {id(p) for m in enc_modules for p in m.parameters()}
+    named = dict(net.named_parameters())  # canonical (first) names
+    assert {id(p) for k, p in named.items() if k.startswith(prefixes)} == enc_ids
+    assert 0 < len(enc_ids) < len(named)
+    out_pref = tuple(M.output_prefixes("dynunet", c))
+    assert all(not k.startswith(out_pref) for k in named if k.startswith(prefixes))
+    x = torch.randn(2, 1, 16, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+        feat = M.encode(net, x)
+        y2, feat2 = M.forward_with_bottleneck(net, x)
+    assert y.shape == (2, 1, 16, 32, 32)
+    assert feat.shape == (2, M.encoder_channels(TINY_DYN), 4, 4, 4) and torch.allclose(feat, feat2)
+    assert torch.allclose(y, y2) and M.encoder_stride(TINY_DYN) == 8
+    with pytest.raises(Exception, match="divisible"):
+        M.build_segmentation_net({**TINY_DYN, "patch_size": [16, 32, 36]})
+    # frozen finetuning freezes exactly the encoder
+    M.apply_finetune_mode(net, "frozen", "dynunet")
+    assert {id(p) for p in net.parameters() if not p.requires_grad} == enc_ids
+
+
+def test_dynunet_deep_supervision_stack_and_heads():
+    cfg = {**TINY_DYN, "deep_supervision": True, "deep_supr_num": 2}
+    net = M.build_segmentation_net(cfg)
+    x = torch.randn(1, 1, 16, 32, 32)
+    net.train()
+    stack = net(x)
+    assert stack.shape == (1, 3, 1, 16, 32, 32)
+    factors = D.head_factors(net.selma3d_cfg)
+    assert factors == [[1, 1, 1], [1, 2, 2], [2, 4, 4]]
+    heads = unstack_heads(stack, factors)
+    assert torch.equal(heads[0], stack[:, 0])
+    for h, native in zip(heads[1:], net.heads):  # exact recovery of the native-resolution heads
+        assert torch.equal(h, native)
+    net.eval()
+    assert net(x).shape == (1, 1, 16, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["mae", "mae_text", "byol", "simclr"])
+def test_ssl_strategies_pretrain_the_dynunet_encoder(name):
+    from selma3d.strategies import build_strategy
+
+    extra = {"mae": dict(mask_cube=4), "mae_text": dict(embed_dim=16, text_width=16, text_vocab=64, mask_cube=4),
+             "byol": dict(proj_hidden=16, proj_dim=8), "simclr": dict(proj_hidden=16, proj_dim=8)}[name]
+    cfg = {**TINY_DYN, "deep_supervision": True, **extra}  # pretext tasks ignore the heads
+    torch.manual_seed(0)
+    st = build_strategy(name, cfg)
+    opt = torch.optim.SGD(st.trainable_parameters(), lr=1e-3)
+    batch = torch.randn(2, 1, 16, 32, 32)
+    meta = {"structure": ["cfos_neuron", "blood_vessel"], "spacing_um": [None, None], "stain": [None, None]}
+    st.train()
+    loss, _ = st.loss(batch, 0, meta)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    weights = st.export_weights()
+    target = M.build_segmentation_net({**TINY_DYN, "deep_supervision": True})
+    assert M.load_pretrained(target, weights) > 0  # strict: every encoder tensor transferred
+    enc = tuple(M.encoder_prefixes("dynunet"))
+    sd = target.state_dict()
+    for k, v in weights.items():
+        if k.startswith(enc):
+            assert torch.equal(sd[k], v)
+    assert not any(k.startswith(tuple(M.output_prefixes("dynunet"))) for k in weights)
+
+
+# ---------------------------------------------------------------------------------------------
+# deep-supervision loss
+
+
+def _blocky(shape_coarse, factor, gen, binary=False):
+    v = torch.rand(1, 1, *shape_coarse, generator=gen)
+    v = (v > 0.6).float() if binary else v * 6 - 3
+    for ax, f in zip((2, 3, 4), factor):
+        v = v.repeat_interleave(f, dim=ax)
+    return v
+
+
+def test_deep_supervision_loss_equals_plain_loss_when_heads_agree():
+    g = torch.Generator().manual_seed(0)
+    base = build_loss("dice_ce")
+    factors = [[1, 1, 1], [1, 2, 2], [2, 4, 4]]
+    logits = _blocky((4, 4, 4), (2, 4, 4), g)  # constant on the coarsest blocks
+    target = _blocky((4, 4, 4), (2, 4, 4), g, binary=True)
+    ignore = _blocky((4, 4, 4), (2, 4, 4), g, binary=True).bool() & (target == 0)
+    stack = torch.stack([logits] * 3, dim=1)
+    plain = base(logits, target, ignore)
+    ds = DeepSupervisionLoss(base, factors)
+    assert torch.allclose(ds(stack, target, ignore), plain, rtol=1e-4)
+    # upsampled mode: identical heads against the full target give the plain loss
+    up = DeepSupervisionLoss(base, mode="upsampled")
+    assert torch.allclose(up(stack, target, ignore), plain, rtol=1e-6)
+    # eval mode (one output): the plain loss
+    assert torch.equal(ds(logits, target, ignore), plain)
+
+
+def test_deep_supervision_weights_are_normalised_halvings():
+    assert np.allclose(head_weights(3), [4 / 7, 2 / 7, 1 / 7])
+    g = torch.Generator().manual_seed(1)
+    base = build_loss("dice_ce")
+    target = (torch.rand(1, 1, 8, 8, 8, generator=g) > 0.7).float()
+    heads = [torch.randn(1, 1, 8, 8, 8, generator=g) for _ in range(3)]
+    got = DeepSupervisionLoss(base, mode="upsampled")(torch.stack(heads, 1), target)
+    want = sum(w * base(h, target) for w, h in zip(head_weights(3), heads))
+    assert torch.allclose(got, want, rtol=1e-6)
+    custom = DeepSupervisionLoss(base, mode="upsampled", weights=[2, 0, 0])(torch.stack(heads, 1), target)
+    assert torch.allclose(custom, base(heads[0], target), rtol=1e-6)
+
+
+def test_downsample_target_respects_the_ignore_mask():
+    t = torch.zeros(1, 1, 2, 2, 4)
+    ign = torch.zeros_like(t, dtype=torch.bool)
+    t[..., 0:2] = torch.tensor([1.0, 0.0])  # first block: half foreground
+    ign[..., 1] = True  # ... but the background half is not annotated
+    ign[..., 2:] = True  # second block: nothing annotated
+    out, oign = downsample_target(t, ign, (2, 2, 2), "area")
+    assert out.flatten().tolist() == [1.0, 0.0] and oign.flatten().tolist() == [False, True]
+    out, _ = downsample_target(t, None, (2, 2, 2), "area")
+    assert out.flatten().tolist() == [0.0, 0.0]  # half is not a majority
+    out, _ = downsample_target(t, None, (2, 2, 2), "max")
+    assert out.flatten().tolist() == [1.0, 0.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+ALL_ON = {"p_rotation": 1.0, "p_scaling": 1.0, "p_noise": 1.0, "p_blur": 1.0, "p_brightness": 1.0,
+          "p_contrast": 1.0, "p_lowres": 1.0, "p_gamma": 1.0, "p_gamma_inverted": 1.0}
+
+
+def _aug_case(seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(1, 12, 24, 24)).astype(np.float32)
+    lab = np.zeros((12, 24, 24), np.uint8)
+    lab[3:8, 5:15, 6:14] = 1
+    return img, lab
+
+
+def test_augmentation_is_seeded_and_keeps_shapes_and_binary_labels():
+    from selma3d.augment.pipeline import DEFAULTS, build_augmentation
+
+    assert DEFAULTS["p_rotation"] == 0.2 and DEFAULTS["p_mirror"] == 0.5 and DEFAULTS["p_elastic"] == 0.0
+    img, lab = _aug_case()
+    a1 = build_augmentation(ALL_ON, (1, 1, 1), seed=3)(img, lab)
+    a2 = build_augmentation(ALL_ON, (1, 1, 1), seed=3)(img, lab)
+    b = build_augmentation(ALL_ON, (1, 1, 1), seed=4)(img, lab)
+    assert np.array_equal(a1[0], a2[0]) and np.array_equal(a1[1], a2[1])
+    assert not np.array_equal(a1[0], b[0])
+    for im, lb in (a1, b):
+        assert im.shape == img.shape and im.dtype == np.float32 and lb.shape == lab.shape and lb.dtype == np.uint8
+        assert set(np.unique(lb)) <= {0, 1} and lb.sum() > 0
+    # default probabilities, many draws: reseeding reproduces, labels stay binary, torch in -> torch out
+    aug = build_augmentation({"p_elastic": 0.5}, (6.0, 1.62, 1.62), seed=0)
+    assert aug.config["rotate_outofplane_deg"] == 5.0  # anisotropic: small out-of-plane rotations
+    timg, tlab = torch.from_numpy(img), torch.from_numpy(lab.astype(np.float32))
+    outs = [aug(timg, tlab) for _ in range(3)]
+    aug.set_random_state(0)
+    again = aug(timg, tlab)
+    assert torch.equal(outs[0][0], again[0]) and torch.equal(outs[0][1], again[1])
+    for im, lb in outs:
+        assert isinstance(im, torch.Tensor) and im.shape == timg.shape
+        assert set(lb.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_augmentation_marks_padded_voxels_ignored():
+    from selma3d.augment.pipeline import build_augmentation
+
+    img, lab = _aug_case()
+    cfg = {"p_scaling": 1.0, "scale_range": (1.4, 1.4), "p_mirror": 0.0, "p_noise": 0.0, "p_blur": 0.0,
+           "p_lowres": 0.0, "p_gamma": 0.0, "p_gamma_inverted": 0.0, "p_brightness": 0.0, "p_contrast": 0.0,
+           "label_padding": "ignore", "ignore_value": 255}
+    aug = build_augmentation(cfg, None, seed=0)
+    im, lb, ign = aug(img, lab, np.zeros(lab.shape, bool))
+    assert ign.any() and not ign.all()  # zoomed out: the border comes from outside the crop
+    assert set(np.unique(lb)) <= {0, 1, 255} and np.array_equal(lb == 255, ign)
+    assert ign[0, 0, 0] and not ign[6, 12, 12]
+    bg = build_augmentation({**cfg, "label_padding": "background", "ignore_value": None}, None, seed=0)(img, lab)
+    assert set(np.unique(bg[1])) <= {0, 1}
+    with pytest.raises(Exception, match="unknown"):
+        build_augmentation({"p_rotaton": 0.1})
+
+
+# ---------------------------------------------------------------------------------------------
+# test-time mirroring
+
+
+def _asym_net():
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 1, 3, padding=1)
+    with torch.no_grad():
+        net.weight.copy_(torch.arange(27, dtype=torch.float32).reshape(1, 1, 3, 3, 3) / 27 - 0.3)
+        net.bias.fill_(0.1)
+    return net.eval()
+
+
+def test_tta_equals_the_average_of_flipped_predictions():
+    from monai.inferers import sliding_window_inference
+
+    from selma3d.inference.tta import flip_combinations, predict_with_tta
+    from selma3d.training.finetune import predict_probability
+
+    net = _asym_net()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(16, 20, 24)).astype(np.float32)
+    roi = (8, 10, 12)  # the window grid tiles the volume evenly: mirror-symmetric
+    combos = flip_combinations((0, 1, 2))
+    assert len(combos) == 8 and combos[0] == ()
+    x = torch.from_numpy(image)[None, None]
+    manual = []
+    with torch.no_grad():
+        for combo in combos:
+            dims = [a + 2 for a in combo]
+            xi = torch.flip(x, dims) if dims else x
+            p = sliding_window_inference(xi, roi, 4, lambda t: torch.sigmoid(net(t)), overlap=0.5, mode="gaussian")
+            manual.append((torch.flip(p, dims) if dims else p)[0, 0].numpy())
+    manual = np.mean(manual, axis=0)
+    tta = predict_with_tta(net, image, roi, "cpu", overlap=0.5, mirror_axes=(0, 1, 2))
+    assert tta.shape == image.shape and np.allclose(tta, manual, atol=1e-5)
+    plain = predict_probability(net, image, roi, torch.device("cpu"), overlap=0.5)
+    assert np.abs(tta - plain).max() > 1e-2  # the kernel is not symmetric: flips matter
+    same = predict_with_tta(net, image, roi, "cpu", overlap=0.5, mirror_axes=(), average="logits")
+    assert np.allclose(same, plain, atol=1e-6)
+    one_axis = predict_with_tta(net, image, roi, "cpu", overlap=0.5, mirror_axes=(2,))
+    assert not np.allclose(one_axis, tta, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# post-processing search
+
+
+def _pp_case(shift):
+    gt = np.zeros((24, 24, 24), bool)
+    prob = np.full(gt.shape, 0.02, np.float32)
+    for c in ((5 + shift, 5, 5), (15, 14 + shift, 12)):
+        sl = tuple(slice(a, a + 3) for a in c)
+        gt[sl] = True
+        prob[sl] = 0.7
+        halo = tuple(slice(a - 1, a + 4) for a in c)
+        prob[halo] = np.maximum(prob[halo], 0.55)  # a halo a threshold of 0.55 or more removes
+        prob[sl] = 0.7
+    prob[20, 2, 2:4] = 0.9  # confident two-voxel specks: only a min size > 2 removes them
+    prob[2, 20 - shift, 20:22] = 0.9
+    return prob, gt
+
+
+def test_threshold_and_min_size_selection_finds_the_known_best():
+    from selma3d.inference.postprocess import apply_postprocess, select_per_structure, select_threshold_and_min_size
+    from selma3d.training.threshold_search import best_on_grid
+
+    cases = [_pp_case(0), _pp_case(2)]
+    probs, gts = [c[0] for c in cases], [c[1] for c in cases]
+    best = select_threshold_and_min_size(probs, gts)
+    # perfect for thresholds 0.55..0.65 and min sizes 3..24: lowest min size, threshold closest to 0.5
+    assert best["threshold"] == 0.55 and best["min_size"] == 3
+    assert best["score"] == 1.0 and best["default_score"] < 1.0
+    for p, g in cases:
+        assert np.array_equal(apply_postprocess(p, best["threshold"], best["min_size"]).astype(bool), g)
+    # the ignore mask: specks in unannotated voxels no longer count, so no removal is needed
+    ign = [np.zeros(g.shape, bool) for g in gts]
+    for i in ign:
+        i[20, 2, 2:4] = True
+        i[2, 18:21, 20:22] = True
+    assert select_threshold_and_min_size(probs, gts, ign)["min_size"] == 0
+    per = select_per_structure(probs, gts, ["a", "b"])
+    assert set(per) == {"a", "b"} and per["a"]["min_size"] == 3
+    # tie-breaking: equal scores -> lower min size, then threshold nearest 0.5, then the lower one
+    table = np.ones((3, 2, 1))
+    assert best_on_grid(table, [0.4, 0.6, 0.5], [4, 2]) == {"threshold": 0.5, "min_size": 2, "score": 1.0,
+                                                             "per_case": [1.0]}
+    assert best_on_grid(table[:2], [0.6, 0.4], [4, 2])["threshold"] == 0.4
+
+
+# ---------------------------------------------------------------------------------------------
+# classical baseline
+
+
+def _blob_volume(seed, gain, offset, n=8, shape=(32, 32, 32)):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    gt = np.zeros(shape, bool)
+    signal = np.zeros(shape, np.float32)
+    for _ in range(n):
+        c = rng.uniform(4, np.array(shape) - 4)
+        r = rng.uniform(1.5, 2.5)
+        d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+        gt |= d2 <= r**2
+        signal += np.exp(-d2 / (2 * r**2)).astype(np.float32)
+    img = offset + gain * (signal + 0.08 * rng.normal(size=shape).astype(np.float32))
+    return img.astype(np.float32), gt
+
+
+def test_classical_threshold_fits_per_case_and_beats_a_raw_global_threshold(tmp_path):
+    from selma3d.training import classical
+    from selma3d.training.threshold_search import best_on_grid, dice_grid
+
+    train = [_blob_volume(0, 100, 200), _blob_volume(1, 300, 600), _blob_volume(2, 60, 100)]
+    test_img, test_gt = _blob_volume(3, 900, 50)  # a much brighter, different brain
+    params = classical.fit([t[0] for t in train], [t[1] for t in train], ["cfos_neuron"] * 3)
+    p = params["structures"]["cfos_neuron"]
+    assert p["method"] in classical.METHODS and p["train_dice"] > 0.6 and set(p["candidates"]) == set(classical.METHODS)
+    path = classical.save_params(tmp_path / "classical.json", params)
+    loaded = classical.load_params(path)
+    assert loaded == params
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    fitted = classical.predict(test_img, loaded, "cfos_neuron").astype(bool)
+    assert fitted.shape == test_gt.shape
+    # naive: the best single raw-intensity threshold on the training cases
+    thr = list(np.linspace(100, 1000, 91))
+    naive = best_on_grid(dice_grid([t[0] for t in train], [t[1] for t in train], None, thr, [0]), thr, [0])
+    naive_dice = dice(test_img > naive["threshold"], test_gt)
+    assert dice(fitted, test_gt) > 0.6 and dice(fitted, test_gt) > naive_dice + 0.1
+    assert dice(fitted, test_gt) >= dice(test_img > test_img.mean(), test_gt)
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprint and plan
+
+
+def _write_case(folder, name, shape, spacing, gain, seed):
+    img, gt = _blob_volume(seed, gain, 100.0 * gain / 100, n=6, shape=shape)
+    io.write_nifti(folder / f"{name}.nii.gz", img, spacing)
+    io.write_nifti(folder / f"{name}_label.nii.gz", gt.astype(np.uint8), spacing)
+
+
+def test_plan_on_small_synthetic_volumes(tmp_path):
+    from selma3d.data.manifest import annotated_pairs, read_manifest
+    from selma3d.training import plan as P
+
+    spacing = (4.0, 1.0, 1.0)
+    rows = []
+    for i, (shape, gain) in enumerate([((24, 64, 64), 100), ((20, 56, 72), 110), ((24, 64, 64), 95)]):
+        _write_case(tmp_path, f"c{i}", shape, spacing, gain, i)
+        for role, suffix in (("image", ""), ("label", "_label")):
+            rows.append({"case": f"c{i}", "role": role, "split": "train", "structure": "cfos_neuron",
+                         "spacing_um": "4,1,1", "path": f"c{i}{suffix}.nii.gz"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    pairs = annotated_pairs(read_manifest(tmp_path / "manifest.csv"), "train")
+    fp = P.fingerprint(pairs)
+    assert fp["spacing"] == [4.0, 1.0, 1.0] and fp["median_shape"] == [24.0, 64.0, 64.0]
+    assert fp["structures"]["cfos_neuron"]["component_sizes"]["median"] > 5
+    assert 0 < fp["structures"]["cfos_neuron"]["fg_fraction_mean"] < 0.1
+    plan = P.make_plan(fp, {"base_filters": 4, "max_filters": 16})
+    ps, net = plan["patch_size"], plan["network"]
+    div = D.topology(ps, spacing)["divisor"]
+    assert all(p % d == 0 for p, d in zip(ps, div)) and ps == [24, 64, 64]
+    assert net["strides"][1] == [1, 2, 2] and net["kernel_size"][0] == [1, 3, 3]  # anisotropy-aware
+    assert plan["normalization"] == "zscore" and plan["batch_size"] >= 2  # similar brightness: global z-score
+    assert plan["foreground_oversample"] == {"cfos_neuron": 0.33} and plan["structures"] == ["cfos_neuron"]
+    small = P.make_plan(fp, {"max_patch_voxels": 16 * 32 * 32, "foreground_oversample": {"cfos_neuron": 0.5}})
+    assert np.prod(small["patch_size"]) <= 16 * 32 * 32 and small["foreground_oversample"]["cfos_neuron"] == 0.5
+    path = P.write_plan(tmp_path / "plan.json", plan)
+    assert P.read_plan(path) == plan
+    built = M.build_segmentation_net(plan["network"])
+    assert built.selma3d_cfg["strides"] == net["strides"]
+    x = P.apply_normalization(io.read_volume(tmp_path / "c0.nii.gz").data, plan)
+    assert x.dtype == np.float32 and abs(float(x.mean())) < 5
+    # a brighter brain: per-case percentile scaling
+    _write_case(tmp_path, "c9", (24, 64, 64), spacing, 1000, 9)
+    bright = list(pairs.to_dict("records")) + [{"case": "c9", "structure": "cfos_neuron", "spacing_um": "4,1,1",
+                                                "image": str(tmp_path / "c9.nii.gz"),
+                                                "label": str(tmp_path / "c9_label.nii.gz")}]
+    assert P.make_plan(P.fingerprint(bright))["normalization"] == "percentile"
+
+
+def test_plan_on_real_cfos_brain(real_data):
+    from selma3d.training import plan as P
+
+    root = real_data / "cfos_brain695"
+    images = sorted((root / "raw").glob("*.nii.gz"))
+    assert images
+    pairs = pd.DataFrame([{"case": p.name.split(".")[0], "structure": "cfos_neuron", "spacing_um": "",
+                           "image": str(p), "label": str(root / "gt" / p.name)} for p in images])
+    fp = P.fingerprint(pairs)
+    assert fp["n_cases"] == len(images) and fp["median_shape"] == [100.0, 100.0, 100.0]
+    it = fp["intensity"]
+    assert it["p0_5"] < it["mean"] < it["p99_5"] and it["std"] > 0
+    s = fp["structures"]["cfos_neuron"]
+    assert 0 < s["fg_fraction_mean"] < 0.01 and s["component_sizes"]["max"] > 1
+    plan = P.make_plan(fp)
+    assert plan["patch_size"] == [96, 96, 96]  # fits the 100³ patches, multiple of the stride 16
+    assert plan["network"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
+    assert plan["normalization"] == "percentile"  # background levels differ several-fold between patches
