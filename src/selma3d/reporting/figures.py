@@ -24,6 +24,7 @@ from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.evaluation.leaderboard import GROUP_METRICS, LABELS, PERCENT_METRICS, group_of
 from selma3d.data.manifest import parse_spacing, read_manifest
+from selma3d import strategies as strategies_registry
 from selma3d.training.runplan import is_pretrained
 from selma3d.core.structures import CATEGORIES
 from selma3d.reporting.tables import BASELINE, DEFAULT_UNSEEN, ablation_table, budget_key, budget_order, read_cases
@@ -36,7 +37,6 @@ STYLE = {
     "axes.spines.right": False, "axes.grid": False, "pdf.fonttype": 42, "figure.constrained_layout.use": False,
 }
 #: fixed palette order so a strategy keeps its colour across figures and runs
-KNOWN_STRATEGIES = ("mae", "byol", "simclr", "dino", "swin_multitask", "mae_text")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
 BASELINE_COLOUR = "#555555"
 #: scratch_<strategy> baselines (same net as an SSL strategy, no pretraining)
@@ -85,10 +85,11 @@ def _no_data(path: str | Path, message: str, size=(4.0, 1.2)):
 
 
 def strategy_colours(strategies) -> dict[str, str]:
-    """Runs without SSL in greys (``scratch`` darkest); known SSL strategies in palette order,
-    unknown ones after them."""
-    names = sorted(set(strategies), key=lambda s: (s != BASELINE, is_pretrained(s), s not in KNOWN_STRATEGIES,
-                                                   KNOWN_STRATEGIES.index(s) if s in KNOWN_STRATEGIES else 0, s))
+    """Runs without SSL in greys (``scratch`` darkest); registered SSL strategies
+    (``selma3d.strategies.available()``) in palette order, unknown ones after them."""
+    known = strategies_registry.available()
+    names = sorted(set(strategies), key=lambda s: (s != BASELINE, is_pretrained(s), s not in known,
+                                                   known.index(s) if s in known else 0, s))
     out, k, g = {}, 0, 0
     for s in names:
         if s == BASELINE:
