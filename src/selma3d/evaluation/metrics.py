@@ -36,7 +36,8 @@ Semantics (see ``SELMA3D.md`` "Official metrics — exact semantics"):
 Speed comes from sharing work: each mask is labelled once (cc3d, 26-connected) and those labels
 feed b0, the instance matching and a per-component skeletonisation (Lee thinning treats
 26-separated components independently and is translation invariant, so thinning each component
-in its own bounding box gives the same voxels as thinning the whole volume).
+in its own box gives the same voxels as thinning the whole volume, provided the box is never one
+slice thick along z unless the volume is: see ``skeleton``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,29 @@ def skeleton(mask: np.ndarray, labels: tuple[np.ndarray, int] | None = None) -> 
 
     Identical voxel for voxel to ``skimage.morphology.skeletonize(mask)``; ``labels`` may pass
     precomputed 26-connected labels of the same mask.
+
+    Why a crop gives the whole volume's voxels (scikit-image 0.26,
+    ``_skeletonize_lee_cy._compute_thin_image``, the logic of ImageJ's Skeletonize3D): the image
+    is padded with one background voxel, then sweeps over six border directions repeat until a
+    whole sweep deletes nothing. In each direction, every foreground voxel is tested (border
+    point, not an endpoint, Euler invariant, simple) on its 3×3×3 neighbourhood alone; the
+    candidates are then re-tested in raster order and deleted one by one, again on their 3×3×3
+    neighbourhoods. Any foreground voxel in a voxel's 26-neighbourhood belongs to the same
+    26-connected component, so every decision about component k depends on k's voxels only
+    (all else is background there, whether in the volume or in the padding). A crop keeps k's
+    raster order, and once a sweep leaves k unchanged, the later sweeps that run for other
+    components leave it unchanged too. So k thins in its crop exactly as in the volume, except
+    for one global setting: the number of directions depends on the array, not on the voxel.
+    scikit-image treats an input one slice thick along axis 0 (padded shape[0] == 3) as 2D and
+    thins it in the 4 in-plane directions only, where anything thicker gets all 6. A component
+    one voxel thick along z is common in real data (small c-Fos spots, thin vessel and nucleus
+    slivers, TRAILMAP's three annotated slices). Its tight box was thinned in 2D but the volume
+    in 3D (a flat 5×5 square keeps 3 voxels in 2D and 1 in 3D). ``_thinning_box`` therefore adds
+    one slice along z to such a box, clipped to the volume, so a volume that is itself one slice
+    thick stays 2D like the reference. That is sufficient: no other extent matters, and no
+    wider margin changes anything. Each crop is masked to its own component(s)
+    (``lab[box] == k``), so anything else inside the box is background there, as it is around k
+    in the volume. ``tests/test_skeleton_real.py`` checks the identity on hundreds of real masks.
     """
     from skimage.morphology import skeletonize
 
@@ -147,19 +171,34 @@ def skeleton(mask: np.ndarray, labels: tuple[np.ndarray, int] | None = None) -> 
         if vols[k - 1] == 1:  # a lone voxel is its own skeleton
             out[sl] = True
         else:
-            out[sl] |= skeletonize(lab[sl] == k)
+            box = _thinning_box(sl, m.shape)
+            out[box] |= skeletonize(lab[box] == k)
     large = np.flatnonzero(~small) + 1
     if large.size:
         box = tuple(slice(min(slices[k - 1][a].start for k in large), max(slices[k - 1][a].stop for k in large))
                     for a in range(3))
+        box = _thinning_box(box, m.shape)
         if large.size == n:
-            sub = m[box]
+            sub = m[box]  # every component is large, so each lies whole inside the union's box
         else:
             keep = np.zeros(n + 1, dtype=bool)
             keep[large] = True
             sub = keep[lab[box]]
         out[box] |= skeletonize(sub)
     return out
+
+
+def _thinning_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` made at least two slices thick along axis 0 when the volume is (see ``skeleton``).
+
+    scikit-image thins an image one slice thick along axis 0 in 2D (4 directions), anything
+    thicker in 3D (6): the box must be one slice thick exactly when the whole volume is.
+    """
+    z = box[0]
+    if z.stop - z.start > 1 or shape[0] == 1:
+        return box
+    z = slice(z.start, z.stop + 1) if z.stop < shape[0] else slice(z.start - 1, z.stop)
+    return (z, *box[1:])
 
 
 def _slice_volume(sl: tuple[slice, ...]) -> int:
