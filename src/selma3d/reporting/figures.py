@@ -86,8 +86,8 @@ def _no_data(path: str | Path, message: str, size=(4.0, 1.2)):
 
 def strategy_colours(strategies) -> dict[str, str]:
     """Runs without SSL in greys (``scratch`` darkest); registered SSL strategies
-    (``selma3d.strategies.available()``) in palette order, unknown ones after them."""
-    known = strategies_registry.available()
+    (``selma3d.strategies.catalog_order()``) in palette order, unknown ones after them."""
+    known = strategies_registry.catalog_order()
     names = sorted(set(strategies), key=lambda s: (s != BASELINE, is_pretrained(s), s not in known,
                                                    known.index(s) if s in known else 0, s))
     out, k, g = {}, 0, 0

@@ -42,6 +42,11 @@ def available() -> list[str]:
     return sorted(_CATALOG)
 
 
+def catalog_order() -> list[str]:
+    """The SSL strategies in catalog order (the order figures and tables list them in)."""
+    return list(_CATALOG)
+
+
 def default_backbone(name: str) -> str:
     """The backbone a strategy uses when its config block names none (its class default)."""
     if name not in _CATALOG:
