@@ -20,244 +20,17 @@ import numpy as np
 import pandas as pd
 
 from selma3d import io
-from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
-from selma3d.evaluation.leaderboard import GROUP_METRICS, LABELS, PERCENT_METRICS, group_of
+from selma3d.evaluation.leaderboard import GROUP_METRICS, group_of
 from selma3d.data.manifest import parse_spacing, read_manifest
-from selma3d import strategies as strategies_registry
 from selma3d.training.runplan import is_pretrained
 from selma3d.core.structures import CATEGORIES
 from selma3d.reporting.tables import BASELINE, DEFAULT_UNSEEN, ablation_table, budget_key, budget_order, read_cases
+from selma3d.reporting.style import (DIST_METRICS, GT_RGB, OFF_PROTOCOL_FACE, PANEL_W, PRED_RGB, UNSEEN_FACE, default_protocol, group_order, integer_x, metric_axis, metric_label, metric_scale, no_data_figure, panel_group, pyplot, run_label, save_figure, secondary_metric, strategy_colours, strategy_order, unseen_structures)
+from selma3d.reporting.images import (best_slice, contrast, image_axes, outline, overlay, read_mask, scale_bar)
+
 
 log = logging.getLogger(__name__)
-
-STYLE = {
-    "figure.dpi": 100, "savefig.dpi": 200, "font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8,
-    "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False,
-    "axes.spines.right": False, "axes.grid": False, "pdf.fonttype": 42, "figure.constrained_layout.use": False,
-}
-#: fixed palette order so a strategy keeps its colour across figures and runs
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
-BASELINE_COLOUR = "#555555"
-#: scratch_<strategy> baselines (same net as an SSL strategy, no pretraining)
-BASELINE_GREYS = ("#8c8c8c", "#b0b0b0", "#6f6f6f", "#c8c8c8")
-PRED_RGB = np.array([1.0, 0.12, 0.12])
-GT_RGB = np.array([0.15, 0.95, 0.2])
-UNSEEN_FACE = "#fff7e0"
-OFF_PROTOCOL_FACE = "#f0f0f0"
-DIST_METRICS = ("dice", "cldice", "pq", "betti0_error", "betti1_error")
-PANEL_W = 1.45  # inches per image panel: 5 panels fit a 7.2-inch double column
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update(STYLE)
-    return plt
-
-
-def _save(fig, path: str | Path):
-    """PNG at ``path`` and PDF beside it (same stem), both atomic; closes and returns ``fig``."""
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    for target in (path, path.with_suffix(".pdf")):
-        with atomic_path(target) as tmp:
-            fig.savefig(tmp, bbox_inches="tight", format=target.suffix.lstrip("."))
-    plt.close(fig)
-    log.info("wrote %s (+ .pdf)", path)
-    return fig
-
-
-def _no_data(path: str | Path, message: str, size=(4.0, 1.2)):
-    """A figure that says why it is empty, so a rule's outputs always exist."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=size)
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------------------- conventions
-
-
-def strategy_colours(strategies) -> dict[str, str]:
-    """Runs without SSL in greys (``scratch`` darkest); registered SSL strategies
-    (``selma3d.strategies.catalog_order()``) in palette order, unknown ones after them."""
-    known = strategies_registry.catalog_order()
-    names = sorted(set(strategies), key=lambda s: (s != BASELINE, is_pretrained(s), s not in known,
-                                                   known.index(s) if s in known else 0, s))
-    out, k, g = {}, 0, 0
-    for s in names:
-        if s == BASELINE:
-            out[s] = BASELINE_COLOUR
-        elif not is_pretrained(s):
-            out[s] = BASELINE_GREYS[g % len(BASELINE_GREYS)]
-            g += 1
-        else:
-            out[s] = PALETTE[k % len(PALETTE)]
-            k += 1
-    return out
-
-
-def strategy_order(strategies) -> list[str]:
-    return list(strategy_colours(strategies))
-
-
-def run_label(strategy: str, mode: str, multi_mode: bool) -> str:
-    return f"{strategy} ({mode})" if multi_mode else strategy
-
-
-def unseen_structures(manifest: pd.DataFrame | None, default=DEFAULT_UNSEEN) -> set[str]:
-    """Test structures without annotated training cases (the paper's "unseen" microglia)."""
-    if manifest is None:
-        return set(default)
-    annotated = manifest[manifest["role"].isin(["image", "label"])]
-    trained = set(annotated.loc[annotated["split"] == "train", "structure"])
-    tested = set(annotated.loc[annotated["split"] == "test", "structure"])
-    return (tested - trained) if trained else set(default)
-
-
-def panel_group(structure: str, category: str, unseen) -> str:
-    """Panel of a structure: ``unseen: <structure>`` or its category in words."""
-    if structure in unseen:
-        return f"unseen: {structure}"
-    return str(category).replace("_", " ")
-
-
-def _group_order(groups) -> list[str]:
-    cats = [c.replace("_", " ") for c in CATEGORIES]
-    return sorted(set(groups), key=lambda g: (g.startswith("unseen"), cats.index(g) if g in cats else len(cats), g))
-
-
-def _default_protocol(cases: pd.DataFrame, protocol: str | None) -> str:
-    have = sorted(set(cases["protocol"])) if "protocol" in cases.columns else []
-    if protocol is None:
-        if not have:
-            raise InputError("cases table", "a protocol column", "none")
-        return "selma3d2026" if "selma3d2026" in have else have[0]
-    if have and protocol not in have:
-        raise InputError("cases table", f"rows for protocol {protocol!r}", f"protocols {have}")
-    return protocol
-
-
-def _metric_label(metric: str) -> str:
-    label = LABELS.get(metric, metric)
-    if metric in PERCENT_METRICS:
-        return f"{label} (%)"
-    return f"{label} (lower is better)" if metric.startswith("betti") else label
-
-
-def _scale(metric: str) -> float:
-    return 100.0 if metric in PERCENT_METRICS else 1.0
-
-
-def _metric_axis(ax, metric: str) -> None:
-    """Metrics are non-negative: start the axis at (just below) 0, give all-zero data a range;
-    Betti errors span decades, so they get a symlog axis with plain-number ticks."""
-    from matplotlib.ticker import FuncFormatter
-
-    if metric.startswith("betti"):
-        ax.set_yscale("symlog", linthresh=1)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if v >= 0 else ""))
-    ymax = float(ax.dataLim.ymax) if np.isfinite(ax.dataLim.ymax) else 0.0
-    if ymax <= 0:
-        top = 1.0
-    elif metric.startswith("betti"):
-        top = ymax * 1.6 + 0.5
-    else:
-        top = max(ax.get_ylim()[1], ymax * 1.06)
-    bottom = -0.3 if metric.startswith("betti") else -0.025 * top  # markers at 0 stay visible
-    ax.set_ylim(bottom, top)
-
-
-def _integer_x(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
-
-
-def _secondary_metric(structure: str, category: str, protocol: str) -> str:
-    """The protocol's second metric for a structure: PQ (isolated), clDice (contiguous/tree), β0 (spot)."""
-    group = group_of(structure, category, protocol)
-    metrics = GROUP_METRICS[protocol].get(group, ("dice", "cldice"))
-    return metrics[1] if len(metrics) > 1 else "cldice"
-
-
-# ------------------------------------------------------------------------------- image helpers
-
-
-def _contrast(img: np.ndarray) -> np.ndarray:
-    """Percentile stretch (1–99.5 %) to [0, 1]: light-sheet intensities have long bright tails."""
-    img = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(img, [1, 99.5])
-    return np.clip((img - lo) / max(float(hi - lo), 1e-6), 0, 1)
-
-
-def overlay(base: np.ndarray, mask: np.ndarray, rgb=PRED_RGB, alpha: float = 0.55) -> np.ndarray:
-    """Grey image (values in [0, 1]) with ``mask`` tinted ``rgb``; an (y, x, 3) float image."""
-    out = np.repeat(base[..., None], 3, axis=2).astype(np.float32)
-    m = np.asarray(mask, dtype=bool)
-    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(rgb, dtype=np.float32)
-    return out
-
-
-def outline(base: np.ndarray, mask: np.ndarray, rgb=PRED_RGB) -> np.ndarray:
-    """Grey image with the boundary of a 2D mask drawn in ``rgb`` (the MIP "3D view")."""
-    from skimage.segmentation import find_boundaries
-
-    out = np.repeat(base[..., None], 3, axis=2).astype(np.float32)
-    edge = find_boundaries(np.asarray(mask, dtype=bool), mode="inner")
-    out[edge] = rgb
-    return out
-
-
-def _best_slice(gt: np.ndarray) -> int:
-    return int(np.argmax(gt.sum(axis=(1, 2)))) if gt.any() else gt.shape[0] // 2
-
-
-def _nice_length(limit: float) -> float:
-    """Largest 1/2/5 × 10^k not above ``limit``."""
-    if limit <= 0:
-        return 0.0
-    k = math.floor(math.log10(limit))
-    for m in (5, 2, 1):
-        if m * 10**k <= limit:
-            return float(m * 10**k)
-    return float(10**k)
-
-
-def _scale_bar(ax, width_px: int, spacing_x: float) -> None:
-    """A white scale bar (µm) about a quarter of the panel wide, bottom right."""
-    from matplotlib.font_manager import FontProperties
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    um = _nice_length(width_px * spacing_x / 4)
-    if um <= 0 or spacing_x <= 0:
-        return
-    bar = AnchoredSizeBar(ax.transData, um / spacing_x, f"{um:g} µm", "lower right", pad=0.1, borderpad=0.9,
-                          color="white", frameon=False, size_vertical=max(width_px / 60, 0.5),
-                          fontproperties=FontProperties(size=6))
-    ax.add_artist(bar)
-
-
-def _image_axes(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for side in ("top", "right", "bottom", "left"):
-        ax.spines[side].set_visible(False)
-
-
-def _read_mask(path: Path, shape, what: str) -> np.ndarray:
-    if not path.exists():
-        raise InputError(path, f"the {what} of this case", "nothing at that path")
-    data = io.read_volume(path).data
-    if data.shape != tuple(shape):
-        raise InputError(path, f"a {what} of the image's shape {tuple(shape)}", f"shape {data.shape}")
-    return data > 0
 
 
 # ------------------------------------------------------------------------------- qualitative
@@ -289,16 +62,16 @@ def _qualitative(manifest: str | Path, runs: Mapping[str, str | Path], out: str 
                  protocol: str | None = None, case_names: Sequence[str] | None = None):
     from selma3d.data.manifest import annotated_pairs
 
-    plt = _plt()
+    plt = pyplot()
     table = read_manifest(manifest)
     pairs = annotated_pairs(table, split)
     if pairs.empty:
-        return _no_data(out, f"no annotated {split} cases in the manifest")
+        return no_data_figure(out, f"no annotated {split} cases in the manifest")
     unseen = unseen_structures(table)
     scores = None
     per_run = {}
     if cases is not None and not cases.empty:
-        protocol = _default_protocol(cases, protocol)
+        protocol = default_protocol(cases, protocol)
         sub = cases[cases["protocol"] == protocol] if "protocol" in cases.columns else cases
         per_run = {k: v for k, v in sub.groupby(["strategy", "mode", "budget", "seed"])}
         scores = sub.groupby("case")["dice"].mean()
@@ -312,28 +85,28 @@ def _qualitative(manifest: str | Path, runs: Mapping[str, str | Path], out: str 
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = _read_mask(Path(row.label), raw.shape, "label")
+        gt = read_mask(Path(row.label), raw.shape, "label")
         spacing = parse_spacing(row.spacing_um)
-        masks = [None, gt] + [_read_mask(Path(d) / f"{row.case}.nii.gz", raw.shape, "prediction") for d in runs.values()]
+        masks = [None, gt] + [read_mask(Path(d) / f"{row.case}.nii.gz", raw.shape, "prediction") for d in runs.values()]
         if view == "slice":
-            z = _best_slice(gt)
-            base = _contrast(raw[z])
+            z = best_slice(gt)
+            base = contrast(raw[z])
             images = [np.repeat(base[..., None], 3, axis=2)] + [
                 overlay(base, m[z], GT_RGB if i == 1 else PRED_RGB) for i, m in enumerate(masks) if m is not None]
             where = f"z = {z}"
         else:
-            base = _contrast(raw.max(axis=0))
+            base = contrast(raw.max(axis=0))
             images = [np.repeat(base[..., None], 3, axis=2)] + [
                 outline(base, m.any(axis=0), GT_RGB if i == 1 else PRED_RGB) for i, m in enumerate(masks) if m is not None]
             where = f"MIP of {raw.shape[0]} slices"
         for c, img in enumerate(images):
             ax = axes[r, c]
             ax.imshow(img, interpolation="nearest")
-            _image_axes(ax)
+            image_axes(ax)
             if r == 0:
                 ax.set_title(titles[c])
             if c == 0:
-                _scale_bar(ax, raw.shape[2], spacing[2])
+                scale_bar(ax, raw.shape[2], spacing[2])
                 tag = " (unseen)" if row.structure in unseen else ""
                 ax.set_ylabel(f"{row.structure}{tag}\n{row.case}\n{where}", fontsize=6.5)
             if c >= 2 and per_run:
@@ -346,7 +119,7 @@ def _qualitative(manifest: str | Path, runs: Mapping[str, str | Path], out: str 
     what = "one slice (the one with most ground truth): prediction red, ground truth green" if view == "slice" else \
         "maximum-intensity projection along z with mask outlines: prediction red, ground truth green"
     fig.suptitle(f"Test cases, {what}", y=1.0, fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _run_key(path: str | Path) -> tuple:
@@ -392,12 +165,12 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, protocol: str | None 
     """Metric vs label budget per run (mean ± std over seeds), one column of panels per category,
     unseen structures in their own (shaded) panels; one row per metric, ``secondary`` being the
     protocol's second metric of the panel (PQ for isolated, clDice for contiguous)."""
-    plt = _plt()
-    protocol = _default_protocol(cases, protocol)
+    plt = pyplot()
+    protocol = default_protocol(cases, protocol)
     df = _with_panels(cases[cases["protocol"] == protocol] if "protocol" in cases.columns else cases, unseen)
     if df.empty:
-        return _no_data(out, f"no scored cases for {protocol}")
-    panels = _group_order(df["panel"])
+        return no_data_figure(out, f"no scored cases for {protocol}")
+    panels = group_order(df["panel"])
     budgets = budget_order(df["budget"])
     x = np.arange(len(budgets))
     colours = strategy_colours(df["strategy"])
@@ -410,12 +183,12 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, protocol: str | None 
         sub = df[df["panel"] == panel]
         first = sub.iloc[0]
         for r, metric in enumerate(metrics):
-            m = _secondary_metric(first["structure"], first["category"], protocol) if metric == "secondary" else metric
+            m = secondary_metric(first["structure"], first["category"], protocol) if metric == "secondary" else metric
             ax = axes[r, c]
             for (strategy, mode), run in sorted(sub.groupby(["strategy", "mode"]), key=lambda kv: (strategy_order(df["strategy"]).index(kv[0][0]), kv[0][1])):
                 per_seed = run.groupby(["budget", "seed"])[m].mean().groupby("budget")
-                mean = per_seed.mean().reindex(budgets) * _scale(m)
-                std = per_seed.std().reindex(budgets).fillna(0) * _scale(m)
+                mean = per_seed.mean().reindex(budgets) * metric_scale(m)
+                std = per_seed.std().reindex(budgets).fillna(0) * metric_scale(m)
                 ok = mean.notna().values
                 label = run_label(strategy, mode, multi_mode)
                 h = ax.errorbar(x[ok], mean.values[ok], yerr=std.values[ok] if run["seed"].nunique() > 1 else None,
@@ -423,8 +196,8 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, protocol: str | None 
                 handles.setdefault(label, h)
             ax.set_xticks(x, budgets)
             ax.grid(alpha=0.3, lw=0.5)
-            ax.set_ylabel(_metric_label(m))
-            _metric_axis(ax, m)
+            ax.set_ylabel(metric_label(m))
+            metric_axis(ax, m)
             if panel.startswith("unseen"):
                 ax.set_facecolor(UNSEEN_FACE)
             if r == 0:
@@ -435,7 +208,7 @@ def label_efficiency(cases: pd.DataFrame, out: str | Path, protocol: str | None 
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"Label efficiency ({protocol}); mean ± std over seeds; shaded: structure unseen in training", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = None, baseline: str = BASELINE,
@@ -443,11 +216,11 @@ def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = No
     """Table 6 as a figure: per test structure (columns) and metric (rows: Dice, then the
     protocol's second metric), bars of each SSL run next to ``baseline`` at every budget
     (mean ± std over cases and seeds, the numbers of ``tables.ablation_table``)."""
-    plt = _plt()
-    protocol = _default_protocol(cases, protocol)
+    plt = pyplot()
+    protocol = default_protocol(cases, protocol)
     t6 = ablation_table(cases, protocol, baseline, unseen)
     if t6.empty:
-        return _no_data(out, f"no SSL run to compare with {baseline!r}: configure both in finetune.strategies")
+        return no_data_figure(out, f"no SSL run to compare with {baseline!r}: configure both in finetune.strategies")
     structures = list(dict.fromkeys(t6["structure"]))
     budgets = budget_order(t6["budget"])
     multi_mode = t6["mode"].nunique() > 1
@@ -469,18 +242,18 @@ def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = No
             x = np.arange(len(budgets))
             for k, ref in enumerate(refs):
                 base = rows[rows["baseline"] == ref].drop_duplicates("budget").set_index("budget").reindex(budgets)
-                ax.bar(x - 0.4 + width * (k + 0.5), base["baseline_mean"] * _scale(metric), width,
+                ax.bar(x - 0.4 + width * (k + 0.5), base["baseline_mean"] * metric_scale(metric), width,
                        yerr=_err(base["baseline_std"], metric), color=colours[ref], hatch="//",
                        edgecolor="white", lw=0, capsize=1.5, error_kw={"lw": 0.7}, label=f"{ref} (no SSL)")
             for k, (strategy, mode) in enumerate(runs, start=len(refs)):
                 rr = rows[(rows["strategy"] == strategy) & (rows["mode"] == mode)].set_index("budget").reindex(budgets)
-                ax.bar(x - 0.4 + width * (k + 0.5), rr["ssl_mean"] * _scale(metric), width,
+                ax.bar(x - 0.4 + width * (k + 0.5), rr["ssl_mean"] * metric_scale(metric), width,
                        yerr=_err(rr["ssl_std"], metric), color=colours[strategy], capsize=1.5,
                        error_kw={"lw": 0.7}, label=run_label(strategy, mode, multi_mode))
             ax.set_xticks(x, budgets)
-            ax.set_ylabel(_metric_label(metric))
+            ax.set_ylabel(metric_label(metric))
             ax.grid(axis="y", alpha=0.3, lw=0.5)
-            _metric_axis(ax, metric)
+            metric_axis(ax, metric)
             if not seen:
                 ax.set_facecolor(UNSEEN_FACE)
             if r == 0:
@@ -491,12 +264,12 @@ def ssl_ablation(cases: pd.DataFrame, out: str | Path, protocol: str | None = No
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(f"With vs without SSL per test structure ({protocol}); mean ± std over cases and seeds", fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def _err(std: pd.Series, metric: str):
     """Error bar lengths, or None where no std is defined (one case): no zero-length caps."""
-    values = std.to_numpy(dtype=np.float64) * _scale(metric)
+    values = std.to_numpy(dtype=np.float64) * metric_scale(metric)
     return None if np.isnan(values).all() else np.nan_to_num(values)
 
 
@@ -506,14 +279,14 @@ def metric_distributions(cases: pd.DataFrame, out: str | Path, protocol: str | N
     """Per-case Dice, clDice, PQ and Betti errors as box + strip plots: one row per metric, one
     column per category panel (unseen shaded), one box per run at ``budget`` (default: the
     largest). Metrics the protocol does not score for a panel's group are drawn on grey."""
-    plt = _plt()
-    protocol = _default_protocol(cases, protocol)
+    plt = pyplot()
+    protocol = default_protocol(cases, protocol)
     df = _with_panels(cases[cases["protocol"] == protocol] if "protocol" in cases.columns else cases, unseen)
     if df.empty:
-        return _no_data(out, f"no scored cases for {protocol}")
+        return no_data_figure(out, f"no scored cases for {protocol}")
     budget = str(budget) if budget is not None else budget_order(df["budget"])[-1]
     df = df[df["budget"] == budget]
-    panels = _group_order(df["panel"])
+    panels = group_order(df["panel"])
     multi_mode = df["mode"].nunique() > 1
     runs = sorted({(s, m) for s, m in df[["strategy", "mode"]].itertuples(index=False)},
                   key=lambda r: (strategy_order(df["strategy"]).index(r[0]), r[1]))
@@ -527,7 +300,7 @@ def metric_distributions(cases: pd.DataFrame, out: str | Path, protocol: str | N
         scored = GROUP_METRICS[protocol].get(group_of(first["structure"], first["category"], protocol), ())
         for r, metric in enumerate(metrics):
             ax = axes[r, c]
-            data = [sub[(sub["strategy"] == s) & (sub["mode"] == m)][metric].dropna().to_numpy() * _scale(metric)
+            data = [sub[(sub["strategy"] == s) & (sub["mode"] == m)][metric].dropna().to_numpy() * metric_scale(metric)
                     for s, m in runs]
             pos = np.arange(len(runs))
             nonempty = [i for i, d in enumerate(data) if d.size]
@@ -544,9 +317,9 @@ def metric_distributions(cases: pd.DataFrame, out: str | Path, protocol: str | N
             ax.set_xticks(pos, [run_label(s, m, multi_mode) for s, m in runs], rotation=40, ha="right")
             ax.set_xlim(-0.6, len(runs) - 0.4)
             ax.grid(axis="y", alpha=0.3, lw=0.5)
-            _metric_axis(ax, metric)
+            metric_axis(ax, metric)
             if c == 0:
-                ax.set_ylabel(_metric_label(metric))
+                ax.set_ylabel(metric_label(metric))
             if r == 0:
                 ax.set_title(panel)
             if panel.startswith("unseen"):
@@ -556,7 +329,7 @@ def metric_distributions(cases: pd.DataFrame, out: str | Path, protocol: str | N
     fig.suptitle(f"Per-case metrics at budget {budget} ({protocol})\ngrey: not scored by the protocol for that "
                  "category; yellow: structure unseen in training", fontsize=8)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # ------------------------------------------------------------------------------- training curves
@@ -582,9 +355,9 @@ def _read_curve(path: str | Path, needed: Sequence[str]) -> pd.DataFrame:
 def pretrain_curves(loss_csvs: Mapping[str, str | Path], out: str | Path, window: int | None = None):
     """Pretraining loss vs step, one panel per strategy (losses differ in kind and scale): raw
     values thin, rolling mean (``window``, default 5 % of the steps) bold."""
-    plt = _plt()
+    plt = pyplot()
     if not loss_csvs:
-        return _no_data(out, "no SSL strategy configured (pretrain.strategies is empty)")
+        return no_data_figure(out, "no SSL strategy configured (pretrain.strategies is empty)")
     names = strategy_order(loss_csvs)
     colours = strategy_colours(names)
     n = len(names)
@@ -602,20 +375,20 @@ def pretrain_curves(loss_csvs: Mapping[str, str | Path], out: str | Path, window
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3, lw=0.5)
-        _integer_x(ax)
+        integer_x(ax)
         ax.legend(frameon=False, loc="best")
     fig.suptitle("Self-supervised pretraining loss", fontsize=8)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def finetune_curves(train_logs: Mapping[tuple, str | Path], out: str | Path, window: int | None = None):
     """Finetuning loss (rolling mean) and validation Dice vs step: one column per budget, one
     colour per strategy, one line per seed. ``train_logs`` maps (strategy, mode, budget, seed)
     to a ``train_log.csv`` (columns step, loss, val_dice)."""
-    plt = _plt()
+    plt = pyplot()
     if not train_logs:
-        return _no_data(out, "no finetuning runs")
+        return no_data_figure(out, "no finetuning runs")
     keys = list(train_logs)
     budgets = budget_order(k[2] for k in keys)
     colours = strategy_colours(k[0] for k in keys)
@@ -639,14 +412,14 @@ def finetune_curves(train_logs: Mapping[tuple, str | Path], out: str | Path, win
         axes[1, c].set_xlabel("step")
         for r in range(2):
             axes[r, c].grid(alpha=0.3, lw=0.5)
-            _integer_x(axes[r, c])
+            integer_x(axes[r, c])
     axes[0, 0].set_ylabel("training loss (rolling mean)")
     axes[1, 0].set_ylabel("validation Dice (%)")
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Finetuning curves (one line per seed)", fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # ------------------------------------------------------------------------------- data overview
@@ -657,35 +430,35 @@ def data_examples(manifest: str | Path, out: str | Path, split: str = "train", p
     raw MIP along z, MIP with the ground-truth outline — what each structure looks like."""
     from selma3d.data.manifest import annotated_pairs
 
-    plt = _plt()
+    plt = pyplot()
     table = read_manifest(manifest)
     pairs = annotated_pairs(table, split)
     if pairs.empty:
-        return _no_data(out, f"no annotated {split} cases in the manifest")
+        return no_data_figure(out, f"no annotated {split} cases in the manifest")
     picks = pairs.sort_values(["structure", "case"]).groupby("structure", sort=True).head(per_structure)
     titles = ["raw slice", "+ ground truth", "raw MIP (z)", "+ outline"]
     fig, axes = plt.subplots(len(picks), 4, figsize=(PANEL_W * 4, PANEL_W * len(picks) + 0.3), squeeze=False,
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = _read_mask(Path(row.label), raw.shape, "label")
-        z = _best_slice(gt)
-        sl, mip = _contrast(raw[z]), _contrast(raw.max(axis=0))
+        gt = read_mask(Path(row.label), raw.shape, "label")
+        z = best_slice(gt)
+        sl, mip = contrast(raw[z]), contrast(raw.max(axis=0))
         images = [np.repeat(sl[..., None], 3, 2), overlay(sl, gt[z], GT_RGB), np.repeat(mip[..., None], 3, 2),
                   outline(mip, gt.any(axis=0), GT_RGB)]
         spacing = parse_spacing(row.spacing_um)
         for c, img in enumerate(images):
             ax = axes[r, c]
             ax.imshow(img, interpolation="nearest")
-            _image_axes(ax)
+            image_axes(ax)
             if r == 0:
                 ax.set_title(titles[c])
-        _scale_bar(axes[r, 0], raw.shape[2], spacing[2])
+        scale_bar(axes[r, 0], raw.shape[2], spacing[2])
         axes[r, 0].set_ylabel(f"{row.structure}\n({row.category.replace('_', ' ')})\n{row.case}\nz = {z}",
                               fontsize=6.5)
     fig.suptitle(f"Annotated {split} patches, one per structure:\nthe slice with most ground truth (green) and the "
                  "maximum-intensity projection along z", y=1.02, fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def patch_counts(index_csvs: Sequence[str | Path], out: str | Path, min_foreground: float | None = None):
@@ -693,10 +466,10 @@ def patch_counts(index_csvs: Sequence[str | Path], out: str | Path, min_foregrou
     patches and the background share kept on purpose, and the foreground-fraction spread."""
     from selma3d.preprocess.patchify import load_patch_index
 
-    plt = _plt()
+    plt = pyplot()
     df = load_patch_index(list(index_csvs)) if index_csvs else pd.DataFrame()
     if df.empty:
-        return _no_data(out, "no pretraining patches were kept")
+        return no_data_figure(out, "no pretraining patches were kept")
     cats = [c for c in CATEGORIES if c in set(df["category"])] + sorted(set(df["category"]) - set(CATEGORIES))
     fg = df[~df["background"]].groupby("category").size().reindex(cats, fill_value=0)
     bg = df[df["background"]].groupby("category").size().reindex(cats, fill_value=0)
@@ -726,7 +499,7 @@ def patch_counts(index_csvs: Sequence[str | Path], out: str | Path, min_foregrou
     fig.suptitle(f"Pretraining data after filtering: {len(df)} patches from {df['volume'].nunique()} volumes",
                  fontsize=8)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 # ------------------------------------------------------------------------------- rule entry points
@@ -761,7 +534,7 @@ def make_figures(kind: str, inputs, outputs, params=None) -> None:
         manifest = read_manifest(inputs.manifest)
         unseen = unseen_structures(manifest)
         protocol = get("protocol")
-        prot = _default_protocol(cases, protocol)
+        prot = default_protocol(cases, protocol)
         runs = evaluation_runs(inputs.predictions, cases, get("budget"))
         per = int(get("cases_per_structure", 1) or 1)
         names = get("cases") or None
