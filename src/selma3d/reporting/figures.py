@@ -250,13 +250,26 @@ def _image_axes(ax) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _read_mask(path: Path, shape, what: str) -> np.ndarray:
+def _read_mask(path: Path, shape, what: str, rule: tuple | None = None) -> np.ndarray:
+    """``> 0`` as a mask, or by ``rule`` (``(ignore_label, background_values, annotated_z)``,
+    :func:`selma3d.data.manifest.label_rule`) when it is not the default one."""
     if not path.exists():
         raise InputError(path, f"the {what} of this case", "nothing at that path")
     data = io.read_volume(path).data
     if data.shape != tuple(shape):
         raise InputError(path, f"a {what} of the image's shape {tuple(shape)}", f"shape {data.shape}")
-    return data > 0
+    if rule is None or tuple(rule) == (None, (0,), None):
+        return data > 0
+    from selma3d.core.labels import binarize_label
+
+    return binarize_label(data, *rule)[0].astype(bool)
+
+
+def _read_label(row, shape) -> np.ndarray:
+    """A manifest pair's ground truth as a mask, by the label row's own rule when it sets one."""
+    from selma3d.data.manifest import label_rule
+
+    return _read_mask(Path(row.label), shape, "label", label_rule(row))
 
 
 # ------------------------------------------------------------------------------- qualitative
@@ -311,7 +324,7 @@ def _qualitative(manifest: str | Path, runs: Mapping[str, str | Path], out: str 
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = _read_mask(Path(row.label), raw.shape, "label")
+        gt = _read_label(row, raw.shape)
         spacing = parse_spacing(row.spacing_um)
         masks = [None, gt] + [_read_mask(Path(d) / f"{row.case}.nii.gz", raw.shape, "prediction") for d in runs.values()]
         if view == "slice":
@@ -667,7 +680,7 @@ def data_examples(manifest: str | Path, out: str | Path, split: str = "train", p
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = _read_mask(Path(row.label), raw.shape, "label")
+        gt = _read_label(row, raw.shape)
         z = _best_slice(gt)
         sl, mip = _contrast(raw[z]), _contrast(raw.max(axis=0))
         images = [np.repeat(sl[..., None], 3, 2), overlay(sl, gt[z], GT_RGB), np.repeat(mip[..., None], 3, 2),
