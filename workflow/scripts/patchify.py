@@ -13,4 +13,4 @@ patchify_volume(snakemake.input.pyramid, snakemake.output.store, snakemake.outpu
                 patch_size=p.patch_size, level=p.level, min_foreground=p.min_foreground,
                 intensity_threshold=p.intensity_threshold, background_share=p.background_share, seed=p.seed,
                 meta={"volume": snakemake.wildcards.volume, "structure": row["structure"],
-                      "category": row["category"]})
+                      "category": row["category"], "caption": row.get("caption", "")})

@@ -96,22 +96,23 @@ def structure_and_category(case: str, categories: dict[str, tuple[str, str]] | N
     return structure, category_of(structure)
 
 
-def ground_truth_mask(gt: np.ndarray, ignore_label: int | None = None,
-                      background_values: tuple[int, ...] = (0,)) -> tuple[np.ndarray, np.ndarray | None]:
+def ground_truth_mask(gt: np.ndarray, ignore_label: int | None = None, background_values: tuple[int, ...] = (0,),
+                      annotated_z=None) -> tuple[np.ndarray, np.ndarray | None]:
     """The ground truth as the metrics see it, and the mask of unannotated voxels.
 
     With the defaults the label volume is returned as is, so the official rule (every value
     > 0 is foreground) applies unchanged. Otherwise :func:`selma3d.core.labels.binarize_label`
     decides: ``background_values`` are background, ``ignore_label`` marks voxels nobody
-    annotated (excluded from every metric), every other value is foreground.
+    annotated (excluded from every metric), every other value is foreground; ``annotated_z``
+    leaves only those z planes annotated.
     """
-    if ignore_label is None and tuple(background_values) == (0,):
+    if ignore_label is None and tuple(background_values) == (0,) and annotated_z is None:
         return gt, None
-    return binarize_label(gt, ignore_label, tuple(background_values))
+    return binarize_label(gt, ignore_label, tuple(background_values), annotated_z)
 
 
-def _evaluate_one(job: tuple[str, Path | None, Path, str, int | None, tuple[int, ...]]) -> dict:
-    case, pred_path, gt_path, protocol, ignore_label, background_values = job
+def _evaluate_one(job: tuple) -> dict:
+    case, pred_path, gt_path, protocol, ignore_label, background_values, annotated_z = job
     gt = read_volume(gt_path).data
     if pred_path is None:
         pred = np.zeros(gt.shape, dtype=bool)
@@ -120,20 +121,23 @@ def _evaluate_one(job: tuple[str, Path | None, Path, str, int | None, tuple[int,
         if pred.shape != gt.shape:
             raise InputError(pred_path, f"shape {gt.shape} of ground truth {Path(gt_path).name} (case {case})",
                              f"shape {pred.shape}")
-    gt, ignore = ground_truth_mask(gt, ignore_label, background_values)
+    gt, ignore = ground_truth_mask(gt, ignore_label, background_values, annotated_z)
     return case_metrics(pred, gt, protocol, ignore=ignore, case=case)
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
                    categories: dict[str, tuple[str, str]] | None = None, workers: int = 1,
                    ignore_label: int | None = None, missing: str = "error",
-                   progress: bool = True, background_values: tuple[int, ...] = (0,)) -> pd.DataFrame:
+                   progress: bool = True, background_values: tuple[int, ...] = (0,),
+                   label_rules: dict[str, tuple] | None = None) -> pd.DataFrame:
     """One row per (case, prediction, ground truth) with every metric of ``protocol``.
 
     A prediction path that is None or does not exist is an error naming the case unless
     ``missing="empty"``. ``ignore_label``: ground-truth voxels with this value are excluded from
     every metric (partial annotation); ``background_values``: ground-truth values meaning
-    background (see :func:`ground_truth_mask`). Cases are scored in parallel processes when
+    background (see :func:`ground_truth_mask`); ``label_rules``: per case, its own
+    ``(ignore_label, background_values, annotated_z)`` (a manifest's label columns, see
+    :func:`selma3d.data.manifest.label_rule`). Cases are scored in parallel processes when
     ``workers > 1``; rows keep the input order.
     """
     from tqdm.auto import tqdm
@@ -148,8 +152,9 @@ def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
             pred = None
         if pred is None and missing == "error":
             raise InputError(gt, f"a prediction for case {case!r}", "none (use missing='empty' to score it as empty)")
-        jobs.append((case, None if pred is None else Path(pred), Path(gt), protocol, ignore_label,
-                     tuple(int(v) for v in background_values)))
+        ign, bg, planes = (label_rules or {}).get(case, (ignore_label, background_values, None))
+        jobs.append((case, None if pred is None else Path(pred), Path(gt), protocol, ign,
+                     tuple(int(v) for v in bg), planes))
     seen = set()
     for case, *_ in jobs:
         if case in seen:
@@ -253,9 +258,10 @@ def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol
 
     Structure and category come from the manifest rows, so file names need no prefix.
     ``ignore_label``/``background_values`` say how to read partially annotated labels (the
-    same settings finetuning used; see :func:`ground_truth_mask`).
+    same settings finetuning used; see :func:`ground_truth_mask`); a label row's own columns
+    win (:func:`selma3d.data.manifest.label_rule`).
     """
-    from selma3d.data.manifest import annotated_pairs, read_manifest
+    from selma3d.data.manifest import annotated_pairs, label_rule, read_manifest
 
     pairs_df = annotated_pairs(read_manifest(manifest), split)
     if pairs_df.empty:
@@ -267,8 +273,9 @@ def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol
         warnings.warn(f"{pred_dir}: {len(extra)} prediction(s) not in split {split!r} skipped: {extra[:10]}",
                       stacklevel=2)
     pairs = [(r.case, preds.get(r.case), Path(r.label)) for r in pairs_df.itertuples()]
+    rules = {r.case: label_rule(r, ignore_label, background_values) for _, r in pairs_df.iterrows()}
     df = evaluate_pairs(pairs, protocol, categories=categories, workers=workers, ignore_label=ignore_label,
-                        missing=missing, progress=False, background_values=background_values)
+                        missing=missing, progress=False, background_values=background_values, label_rules=rules)
     write_cases(df, out_cases)
     return df
 

@@ -104,7 +104,8 @@ def patchify_volume(in_store, out_zarr: str | Path, index_csv: str | Path,
         background_share: fraction of the rejected cubes kept as background (seeded).
         seed: seeds the background sample.
         meta: ``volume``, ``structure``, ``category``, ``spacing_um`` for the index (defaults:
-            the store's name, empty, empty, the level's spacing).
+            the store's name, empty, empty, the level's spacing); a non-empty ``caption`` adds
+            a ``caption`` column.
         stride: grid step (default: the patch size, i.e. non-overlapping).
         workers, compressor, clevel: zarr writing.
 
@@ -200,6 +201,8 @@ def _patchify(reader, out_zarr, index_csv, size, step, level, min_foreground, in
         df["store"] = os.path.relpath(out_zarr.resolve(), index_csv.resolve().parent)
         df["level"] = level
         df = df[INDEX_COLUMNS]
+        if meta.get("caption"):  # free text describing the volume (image-text pretraining)
+            df["caption"] = str(meta["caption"])
     with atomic_path(index_csv) as tmp_csv:  # written last: the index marks a complete store
         df.to_csv(tmp_csv, index=False)
     df.attrs.update(threshold=threshold, grid=n_grid, rejected=len(rejected))

@@ -61,7 +61,8 @@ def manifest_patch_files(manifest: str | Path, structure: str) -> tuple[list[Pat
 
     A row's ``path`` is one patch file or a folder of them (Task 1 ships one folder per
     structure; listing 35,050 rows is possible but not needed). ``volume`` in the index is the
-    file's case name, prefixed with the row's case when the row names a folder.
+    file's case name, prefixed with the row's case when the row names a folder; a row's
+    ``caption`` (optional manifest column) goes to each of its files.
     """
     from selma3d.data.manifest import read_manifest
 
@@ -78,7 +79,7 @@ def manifest_patch_files(manifest: str | Path, structure: str) -> tuple[list[Pat
             files.append(f)
             meta.append({"volume": f"{row.case}/{case_name(f)}" if folder else row.case,
                          "structure": row.structure, "category": row.category,
-                         "spacing_um": row.spacing_um})
+                         "spacing_um": row.spacing_um, "caption": str(getattr(row, "caption", "") or "")})
     return files, meta
 
 
@@ -163,7 +164,8 @@ def collect_patch_files(files: Sequence[str | Path], out_zarr: str | Path, index
             :func:`selma3d.preprocess.patchify.patchify_volume`; an ``"otsu"``/``"pNN"`` threshold is
             estimated once for the whole set.
         meta_rows: per file, ``volume``, ``structure``, ``category``, ``spacing_um`` for the
-            index (defaults: the file's case name, empty, empty, the file's voxel size).
+            index (defaults: the file's case name, empty, empty, the file's voxel size), and an
+            optional ``caption`` (a ``caption`` column is added when any file has one).
         workers: threads decoding files and compressing chunks.
 
     Returns:
@@ -259,8 +261,9 @@ def collect_patch_files(files: Sequence[str | Path], out_zarr: str | Path, index
             records.append({"volume": m.get("volume") or case_name(files[i]), "structure": m.get("structure", ""),
                             "category": m.get("category", ""), "spacing_um": spacing, "patch": len(records),
                             "z": z0, "y": y0, "x": x0, "foreground_fraction": frac, "background": background,
-                            "store": store_rel, "level": 0})
-        df = pd.DataFrame(records, columns=INDEX_COLUMNS)
+                            "store": store_rel, "level": 0, "caption": m.get("caption") or ""})
+        captions = any(m.get("caption") for m in meta)
+        df = pd.DataFrame(records, columns=INDEX_COLUMNS + (["caption"] if captions else []))
     with atomic_path(index_csv) as tmp_csv:  # written last: the index marks a complete store
         df.to_csv(tmp_csv, index=False)
     df.attrs.update(threshold=threshold, grid=n_grid, rejected=len(rejected), files=len(files))

@@ -27,7 +27,7 @@ from selma3d.training.runplan import is_pretrained
 from selma3d.core.structures import CATEGORIES
 from selma3d.reporting.tables import BASELINE, DEFAULT_UNSEEN, ablation_table, budget_key, budget_order, read_cases
 from selma3d.reporting.style import (DIST_METRICS, GT_RGB, OFF_PROTOCOL_FACE, PANEL_W, PRED_RGB, UNSEEN_FACE, default_protocol, group_order, integer_x, metric_axis, metric_label, metric_scale, no_data_figure, panel_group, pyplot, run_label, save_figure, secondary_metric, strategy_colours, strategy_order, unseen_structures)
-from selma3d.reporting.images import (best_slice, contrast, image_axes, outline, overlay, read_mask, scale_bar)
+from selma3d.reporting.images import (read_label, best_slice, contrast, image_axes, outline, overlay, read_mask, scale_bar)
 
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def _qualitative(manifest: str | Path, runs: Mapping[str, str | Path], out: str 
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = read_mask(Path(row.label), raw.shape, "label")
+        gt = read_label(row, raw.shape)
         spacing = parse_spacing(row.spacing_um)
         masks = [None, gt] + [read_mask(Path(d) / f"{row.case}.nii.gz", raw.shape, "prediction") for d in runs.values()]
         if view == "slice":
@@ -441,7 +441,7 @@ def data_examples(manifest: str | Path, out: str | Path, split: str = "train", p
                              gridspec_kw={"wspace": 0.04, "hspace": 0.08})
     for r, (_, row) in enumerate(picks.iterrows()):
         raw = io.read_volume(row.image).data.astype(np.float32)
-        gt = read_mask(Path(row.label), raw.shape, "label")
+        gt = read_label(row, raw.shape)
         z = best_slice(gt)
         sl, mip = contrast(raw[z]), contrast(raw.max(axis=0))
         images = [np.repeat(sl[..., None], 3, 2), overlay(sl, gt[z], GT_RGB), np.repeat(mip[..., None], 3, 2),

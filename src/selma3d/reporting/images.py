@@ -9,6 +9,8 @@ import numpy as np
 
 from selma3d import io
 from selma3d.core.errors import InputError
+from selma3d.core.labels import binarize_label
+from selma3d.data.manifest import label_rule
 from selma3d.reporting.style import PRED_RGB
 
 
@@ -73,10 +75,19 @@ def image_axes(ax) -> None:
         ax.spines[side].set_visible(False)
 
 
-def read_mask(path: Path, shape, what: str) -> np.ndarray:
+def read_mask(path: Path, shape, what: str, rule: tuple | None = None) -> np.ndarray:
+    """``> 0`` as a mask, or by ``rule`` (``(ignore_label, background_values, annotated_z)``,
+    :func:`selma3d.data.manifest.label_rule`) when it is not the default one."""
     if not path.exists():
         raise InputError(path, f"the {what} of this case", "nothing at that path")
     data = io.read_volume(path).data
     if data.shape != tuple(shape):
         raise InputError(path, f"a {what} of the image's shape {tuple(shape)}", f"shape {data.shape}")
-    return data > 0
+    if rule is None or tuple(rule) == (None, (0,), None):
+        return data > 0
+    return binarize_label(data, *rule)[0].astype(bool)
+
+
+def read_label(row, shape) -> np.ndarray:
+    """A manifest pair's ground truth as a mask, by the label row's own rule when it sets one."""
+    return read_mask(Path(row.label), shape, "label", label_rule(row))

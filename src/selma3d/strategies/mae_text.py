@@ -1,8 +1,9 @@
 """Masked reconstruction + image–text alignment + EMA distillation (LSM foundation model).
 
 After Scheinfeld et al.'s LSM foundation model: the student network reconstructs masked cubes
-(L1 on masked voxels, through the whole segmentation net); a caption built from each patch's
-metadata (organism, stain, structure and its category, voxel size) is encoded by a small
+(L1 on masked voxels, through the whole segmentation net); each patch's caption (the free-text
+``caption`` of its manifest row when there is one, else a sentence built from its metadata:
+organism, stain, structure and its category, voxel size) is encoded by a small
 word-level transformer trained from scratch (hashed tokens, no downloaded weights) and aligned
 with the pooled volume embedding by a CLIP loss (samples with identical captions count as
 positives of each other) plus a per-pair cosine term; an EMA teacher that sees the unmasked
@@ -32,7 +33,9 @@ def _fmt(v: Any) -> str:
 
 
 def caption(meta: dict[str, Any] | None, i: int) -> str:
-    """Caption of sample ``i`` from per-sample metadata lists; missing values read "unknown"."""
+    """Caption of sample ``i``: its real ``caption`` when the metadata carries a non-empty one
+    (a manifest's ``caption`` column), else a sentence from the per-sample metadata lists
+    (missing values read "unknown")."""
     meta = meta or {}
 
     def get(key):
@@ -41,6 +44,9 @@ def caption(meta: dict[str, Any] | None, i: int) -> str:
             return None
         return vals[i]
 
+    text = get("caption")
+    if text is not None and str(text).strip():
+        return " ".join(str(text).split())
     structure = get("structure")
     organism = get("organism") or "unknown organism"
     stain = get("stain") or "unknown"
@@ -117,6 +123,7 @@ class MaskedTextAligned(StrategyBase):
         "text_vocab": 4096,
         "text_width": 128,
         "text_layers": 2,
+        "text_max_len": 32,  # tokens read per caption (a real caption runs to ~70: raise it)
         "w_distill": 0.5,
         "w_recon": 0.3,
         "w_align": 0.05,
@@ -129,7 +136,8 @@ class MaskedTextAligned(StrategyBase):
         super().__init__(config, in_channels)
         c = self.config
         self.image_proj = mlp(self.pool_dim, int(c["embed_dim"]), int(c["embed_dim"]))
-        self.text_encoder = TextEncoder(int(c["embed_dim"]), int(c["text_vocab"]), int(c["text_width"]), int(c["text_layers"]))
+        self.text_encoder = TextEncoder(int(c["embed_dim"]), int(c["text_vocab"]), int(c["text_width"]),
+                                        int(c["text_layers"]), max_len=int(c["text_max_len"]))
         self.teacher = make_teacher(self.encoder_net)
 
     def loss(self, batch: torch.Tensor, step: int, meta: dict[str, Any] | None = None):

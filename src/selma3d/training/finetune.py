@@ -20,7 +20,7 @@ from selma3d import io
 from selma3d.core.atomic import atomic_path
 from selma3d.core.labels import binarize_label
 from selma3d.core.overlap import dice
-from selma3d.data.manifest import annotated_pairs, parse_spacing, read_manifest
+from selma3d.data.manifest import annotated_pairs, label_rule, parse_spacing, read_manifest
 from selma3d.preprocess.normalize import normalize
 from selma3d.training.sampling import step_rng
 from selma3d.training.runtime import autocast, pick_device, seed_everything
@@ -44,7 +44,8 @@ class Case:
 
 def load_case(row: pd.Series, normalization: str, ignore_label: int | None = None,
               background_values: tuple[int, ...] = (0,)) -> Case:
-    """Read, check and normalise one image/label pair from a manifest row."""
+    """Read, check and normalise one image/label pair from a manifest row (the row's own
+    ``ignore_label``/``background_values``/``annotated_z`` win over the arguments)."""
     img = io.read_volume(row["image"])
     lab = io.read_volume(row["label"])
     if img.data.shape != lab.data.shape:
@@ -53,7 +54,7 @@ def load_case(row: pd.Series, normalization: str, ignore_label: int | None = Non
     data = np.asarray(img.data, dtype=np.float32)
     if not np.isfinite(data).all():
         raise io.InputError(row["image"], "finite intensities", "NaN or inf values")
-    fg, ignore = binarize_label(lab.data, ignore_label, background_values)
+    fg, ignore = binarize_label(lab.data, *label_rule(row, ignore_label, background_values))
     spacing = parse_spacing(row.get("spacing_um", ""), str(row["image"]))
     return Case(row["case"], row["structure"], row["category"], normalize(data, normalization), fg, ignore,
                 img.affine, spacing)

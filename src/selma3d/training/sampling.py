@@ -67,6 +67,8 @@ class PatchSampleDataset(Dataset):
         crop = random_crop(patch, self.crop_size, np.random.default_rng(seed))
         x = torch.from_numpy(normalize(crop, self.normalization)[None].copy())
         meta = {k: str(row[k]) for k in ("volume", "structure", "category", "spacing_um") if k in row}
+        if "caption" in row:  # free-text caption of the patch's source file (may be empty)
+            meta["caption"] = row["caption"] if isinstance(row["caption"], str) else ""
         return x, meta
 
 
