@@ -75,3 +75,13 @@ def test_scratch_of_a_strategy_trains_that_strategys_net():
     net = build_segmentation_net(cfg)
     assert load_pretrained(net, exported) == len(exported) > 0
     assert scratch_model_config(model, None) == model
+
+
+def test_threshold_baseline_is_planned_without_pretraining_in_mode_full_only():
+    cfg = {**CONFIG, "finetune": {**CONFIG["finetune"], "strategies": ["scratch", "threshold"]}}
+    runplan.check_strategies(cfg)  # needs no pretraining
+    runs = runplan.finetune_runs(cfg)
+    assert {m for s, m, _, _ in runs if s == "threshold"} == {"full"}
+    assert not runplan.is_pretrained("threshold") and runplan.scratch_reference("threshold") is None
+    with pytest.raises(ValueError, match="'threshold'"):
+        runplan.check_strategies({**cfg, "finetune": {**cfg["finetune"], "modes": ["frozen"]}})

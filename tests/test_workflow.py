@@ -66,6 +66,30 @@ def test_finetuning_a_strategy_that_is_not_pretrained_is_refused(tmp_path):
     assert "dino" in res.stderr + res.stdout
 
 
+def _jobs(stdout: str) -> dict[str, int]:
+    return {line.split()[0]: int(line.split()[1]) for line in stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_dry_run_plans_the_dataset_for_nnunet_finetuning_only(tmp_path):
+    """The plan rule (CPU) feeds nnunet finetuning and the report; legacy finetuning and the
+    threshold baseline do not wait for it, and threshold needs no pretraining."""
+    r = tmp_path / "r"
+    res = snakemake("-n", "--nolock", "--config", f"results_dir={r}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    jobs = _jobs(res.stdout)
+    assert jobs["plan"] == 1 and jobs["finetune"] == 5 * 3  # the demo: 4 networks + threshold, 3 budgets
+    assert "finetune/threshold/full/b1_s0/model.pt" in res.stdout
+    scratch = f"{r}/finetune/scratch/full/b1_s0/model.pt"
+    res = snakemake(scratch, "-n", "--nolock", "--config", f"results_dir={r}")
+    assert res.returncode == 0 and _jobs(res.stdout).get("plan") == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    res = snakemake(scratch, "-n", "--nolock", "--config", f"results_dir={r}", "finetune={'recipe': 'legacy'}")
+    assert res.returncode == 0 and "plan" not in _jobs(res.stdout), res.stdout[-3000:] + res.stderr[-3000:]
+    res = snakemake(f"{r}/finetune/threshold/full/b1_s0/model.pt", "-n", "--nolock", "--config", f"results_dir={r}")
+    jobs = _jobs(res.stdout)
+    assert res.returncode == 0 and "plan" not in jobs and "pretrain" not in jobs and jobs["finetune"] == 1
+
+
 TINY_UNET = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [8, 8, 16, 32, 64, 8]}
 TINY = {
     "dataset": {"synthetic": {
@@ -91,7 +115,7 @@ TINY = {
                           "out_dim": 64, "head_hidden": 32}},
     # every finetuning mode: adapter applies to the ViT runs only; scratch_dino = the ViT without SSL
     "finetune": {"strategies": ["scratch", "mae", "byol", "simclr", "swin_multitask", "dino", "mae_text",
-                                "scratch_dino"],
+                                "scratch_dino", "threshold"],
                  "modes": ["full", "frozen", "adapter"], "budgets": [1], "seeds": [0], "steps": 2,
                  "val_every": 2, "batch_size": 2},
     "evaluate": {"protocols": ["selma3d2026"], "workers": 1},

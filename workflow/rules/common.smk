@@ -93,6 +93,28 @@ def scratch_net(wildcards):
     return {"strategy": ref, "block": dict(config["pretrain"].get(ref) or {})}
 
 
+PLAN = f"{RESULTS}/plan/plan.json"
+
+
+def finetune_plan(wildcards):
+    """The training plan a finetuning run reads: nnunet recipe with plan.enabled, network strategies."""
+    if (
+        wildcards.strategy == runplan.THRESHOLD
+        or config["finetune"]["recipe"] != "nnunet"
+        or not config["plan"]["enabled"]
+    ):
+        return []
+    return PLAN
+
+
+def plan_settings():
+    """The plan block for the plan rule; foreground_oversample null: finetune.foreground_oversample."""
+    out = dict(config["plan"])
+    if out.get("foreground_oversample") is None:
+        out["foreground_oversample"] = config["finetune"]["foreground_oversample"]
+    return out
+
+
 def patch_indexes(wildcards=None):
     return expand(f"{RESULTS}/patches/{{unit}}.csv", unit=pretrain_units())
 
@@ -161,7 +183,7 @@ def report_outputs():
     out = [p for n in names for p in _fig(n)]
     out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
     out += table_pages()
-    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html"]
+    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html", PLAN]
     return out
 
 

@@ -1,4 +1,5 @@
-# Label budgets drawn per seed, then supervised finetuning per strategy x mode x budget x seed.
+# Label budgets drawn per seed, the training plan (dataset fingerprint), then supervised
+# finetuning per strategy x mode x budget x seed (strategy threshold: the classical baseline).
 
 
 rule split:
@@ -16,11 +17,33 @@ rule split:
         "../scripts/split.py"
 
 
+rule plan:
+    input:
+        manifest=manifest_path(),
+    output:
+        plan=PLAN,
+        fingerprint=f"{RESULTS}/plan/fingerprint.json",
+    log:
+        f"{RESULTS}/logs/plan.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plan.tsv"
+    params:
+        settings=plan_settings(),
+        ignore_label=config["finetune"]["ignore_label"],
+        background_values=config["finetune"]["background_values"],
+        seed=config["seed"],
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/plan.py"
+
+
 rule finetune:
     input:
         manifest=manifest_path(),
         split=f"{RESULTS}/splits/b{{budget}}_s{{seed}}.csv",
         pretrained=pretrained_weights,
+        plan=finetune_plan,
     output:
         model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
         curve=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/train_log.csv",
@@ -35,6 +58,11 @@ rule finetune:
             k: v
             for k, v in config["finetune"].items()
             if k not in ("strategies", "modes", "budgets", "seeds")
+        },
+        # how infer predicts: the post-processing is calibrated on validation after training
+        calibration={
+            k: config["infer"][k]
+            for k in ("overlap", "sw_batch_size", "blend", "mirror_axes", "postprocess")
         },
     resources:
         **gpu_resources("train"),

@@ -129,6 +129,8 @@ rule tables:
 
 
 rule report_config:
+    input:
+        plan=PLAN,
     output:
         yaml=f"{RESULTS}/report/config.yaml",
         html=report(

@@ -1,4 +1,4 @@
-"""Rule infer: segment every test patch with a finetuned model; NIfTI masks out."""
+"""Rule infer: segment every test patch with a finetuned model (or the threshold baseline); NIfTI masks out."""
 
 from selma3d.core.logs import start_rule
 
@@ -11,4 +11,5 @@ configure_threads()
 s = snakemake.params.settings
 infer_test_split(snakemake.input.model, snakemake.input.manifest, snakemake.output.predictions,
                  overlap=s["overlap"], threshold=s["threshold"], sw_batch_size=s["sw_batch_size"],
-                 blend=s["blend"], min_component_size=s["min_component_size"])
+                 blend=s["blend"], min_component_size=s["min_component_size"],
+                 mirror_axes=tuple(s["mirror_axes"]))

@@ -1,4 +1,4 @@
-"""Rule report_config: the effective config (schema defaults filled in) for the report."""
+"""Rule report_config: the effective config (schema defaults filled in) and the training plan for the report."""
 
 from selma3d.core.logs import start_rule
 
@@ -6,4 +6,5 @@ start_rule(snakemake)
 
 from selma3d.reporting.tables import write_config_report  # noqa: E402
 
-write_config_report(snakemake.params.config, snakemake.output.yaml, snakemake.output.html)
+write_config_report(snakemake.params.config, snakemake.output.yaml, snakemake.output.html,
+                    plan=snakemake.input.get("plan"))

@@ -94,6 +94,7 @@ class Normalizer:
     method: str
     a: float  # percentile: low value; zscore: mean
     b: float  # percentile: high value; zscore: std
+    clip: tuple[float, float] | None = None  # zscore: clip to this range first (a training plan's global z-score)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -104,6 +105,8 @@ class Normalizer:
             return np.clip((x - lo) / (hi - lo) * np.float32(2.0) - np.float32(1.0), -1.0, 1.0).astype(np.float32)
         if self.b <= 0:
             return np.zeros_like(x)
+        if self.clip is not None:
+            x = np.clip(x, np.float32(self.clip[0]), np.float32(self.clip[1]))
         return ((x - np.float32(self.a)) / np.float32(self.b)).astype(np.float32)
 
 
@@ -325,6 +328,10 @@ def predict_from_checkpoint(model: str | Path, source, output: str | Path, devic
     net, payload = load_model(model, device)
     roi = [int(s) for s in payload["config"].get("patch_size", (96, 96, 96))]
     roi = roi * 3 if len(roi) == 1 else roi
+    stats = payload.get("normalize_stats")
+    if stats and payload.get("normalize") == "zscore":  # a training plan's global foreground statistics
+        kwargs.setdefault("normalization", Normalizer("zscore", float(stats["mean"]), float(stats["std"]) or 1.0,
+                                                      (float(stats["p0_5"]), float(stats["p99_5"]))))
     kwargs.setdefault("normalization", payload.get("normalize", "percentile"))
     attrs = {"model": str(model), "model_config": {k: v for k, v in payload["config"].items()
                                                   if isinstance(v, (int, float, str, list, bool))}}

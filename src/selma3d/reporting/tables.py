@@ -358,14 +358,48 @@ def write_tables(cases: pd.DataFrame | str | Path, protocols, out, baseline: str
     return written
 
 
-def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path) -> list[Path]:
-    """The effective config of the run (schema defaults filled in) as YAML and as an HTML page."""
+def plan_summary(plan: dict) -> list[tuple[str, str]]:
+    """(what, value) rows of a training plan (``selma3d.training.plan``) for the report."""
+    net = plan.get("network") or {}
+    fo = plan.get("foreground_oversample") or {}
+    rows = [
+        ("training cases", str((plan.get("source") or {}).get("n_cases", ""))),
+        ("median spacing (z, y, x µm)", ", ".join(f"{v:g}" for v in plan.get("spacing", []))),
+        ("median shape (z, y, x)", ", ".join(f"{v:g}" for v in plan.get("median_shape", []))),
+        ("patch size (dynunet)", " × ".join(str(v) for v in plan.get("patch_size", []))),
+        ("batch size (dynunet)", str(plan.get("batch_size", ""))),
+        ("dynunet strides", str(net.get("strides", ""))),
+        ("dynunet kernels", str(net.get("kernel_size", ""))),
+        ("dynunet filters", str(net.get("filters", ""))),
+        ("normalisation", f"{plan.get('normalization', '')}: {plan.get('normalization_reason', '')}"),
+        ("foreground oversampling", ", ".join(f"{k} {v:g}" for k, v in sorted(fo.items()))),
+    ]
+    return rows
+
+
+def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path,
+                        plan: str | Path | None = None) -> list[Path]:
+    """The effective config of the run (schema defaults filled in) as YAML and as an HTML page,
+    with the training plan (``plan.json`` of the ``plan`` rule) when given."""
+    import json
+
     import yaml
 
     text = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None, width=100)
+    plan_html = ""
+    if plan:
+        data = json.loads(Path(plan).read_text())
+        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in plan_summary(data))
+        used = config.get("plan", {}).get("enabled") and config.get("finetune", {}).get("recipe") == "nnunet"
+        note = ("Used by finetuning (recipe nnunet, plan.enabled)." if used
+                else "Not used by finetuning (needs finetune.recipe nnunet and plan.enabled).")
+        raw = html.escape(json.dumps(data, indent=2))
+        plan_html = ("<h2>Training plan (dataset fingerprint of the train split)</h2>"
+                     f"<p>{note} File: {html.escape(str(plan))}</p><table>{cells}</table>"
+                     f"<details><summary>plan.json</summary><pre>{raw}</pre></details>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>config</title>{_STYLE}</head><body>"
             "<h2>Configuration used (defaults from the schema filled in)</h2>"
-            f"<pre>{html.escape(text)}</pre></body></html>")
+            f"<pre>{html.escape(text)}</pre>{plan_html}</body></html>")
     return [_write_text(yaml_out, text), _write_text(html_out, page)]
 
 

@@ -22,6 +22,11 @@ Usage::
 
 Parameters JSON: ``{"version": 1, "structures": {<structure>: {"method", "threshold",
 "min_size", "low", "high" (percentile only), "train_dice", "candidates": {method: best mean Dice}}}}``.
+
+As the workflow's finetuning strategy ``threshold`` (:func:`fit_budget`), the file takes the
+place of ``model.pt``: it adds ``"kind": "classical_threshold"`` and a pooled entry ``"*"``
+(fitted on every training case) that :func:`predict` uses for structures not trained on.
+``selma3d.inference.patches.infer_test_split`` recognises it (:func:`is_params_file`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ from selma3d.preprocess.normalize import percentile_scale
 from selma3d.training.threshold_search import best_on_grid, dice_grid
 
 log = logging.getLogger(__name__)
+
+#: ``kind`` of a parameters file written by :func:`fit_budget` (the ``threshold`` strategy's model)
+KIND = "classical_threshold"
+#: structure key of the parameters fitted on all training cases (for structures not trained on)
+POOLED = "*"
 
 METHODS = ("percentile", "otsu")
 
@@ -144,6 +154,8 @@ def _structure_params(params: dict[str, Any], structure: str | None) -> dict[str
         if len(table) != 1:
             raise ValueError(f"classical predict: name a structure among {sorted(table)}")
         return next(iter(table.values()))
+    if structure not in table and POOLED in table:
+        return table[POOLED]
     if structure not in table:
         raise KeyError(f"classical predict: no parameters for structure {structure!r} (have {sorted(table)})")
     return table[structure]
@@ -171,3 +183,58 @@ def save_params(path: str | Path, params: dict[str, Any]) -> Path:
 def load_params(path: str | Path) -> dict[str, Any]:
     """Read parameters written by :func:`save_params`."""
     return json.loads(Path(path).read_text())
+
+
+def is_params_file(path: str | Path) -> bool:
+    """Whether ``path`` holds classical parameters (JSON) rather than a torch checkpoint."""
+    with open(path, "rb") as fh:
+        head = fh.read(64).lstrip()
+    return head.startswith(b"{")
+
+
+def fit_budget(split_csv: str | Path, manifest: str | Path, model_out: str | Path, curve_out: str | Path,
+               ignore_label: int | None = None, background_values: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """The ``threshold`` strategy's "finetuning": :func:`fit` on a label budget's cases.
+
+    Fits per structure and pooled (:data:`POOLED`), scores the fit on the manifest's val split
+    (mean Dice, annotated voxels only) and writes the parameters to ``model_out`` (JSON, the
+    place of ``model.pt``) and a one-row ``train_log.csv`` (step 0, no loss, val_dice).
+    Returns a summary.
+    """
+    import pandas as pd
+
+    from selma3d import io
+    from selma3d.core.labels import binarize_label
+    from selma3d.core.overlap import dice
+    from selma3d.data.manifest import annotated_pairs, read_manifest
+
+    def read(pairs):
+        images, labels, ignores, structures = [], [], [], []
+        for _, row in pairs.iterrows():
+            images.append(np.asarray(io.read_volume(row["image"]).data, dtype=np.float32))
+            fg, ign = binarize_label(io.read_volume(row["label"]).data, ignore_label, background_values)
+            labels.append(fg), ignores.append(ign), structures.append(str(row["structure"]))
+        return images, labels, ignores, structures
+
+    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    if split.empty:
+        raise ValueError(f"{split_csv}: no training cases to fit the threshold baseline on")
+    images, labels, ignores, structures = read(split)
+    params = fit(images, labels, structures, ignores)
+    params["structures"][POOLED] = fit(images, labels, [POOLED] * len(images), ignores)["structures"][POOLED]
+    params["kind"] = KIND
+    params["ignore_label"], params["background_values"] = ignore_label, list(background_values)
+    val = annotated_pairs(read_manifest(manifest), "val")
+    val_dice = float("nan")
+    if not val.empty:
+        v_images, v_labels, v_ignores, v_structures = read(val)
+        scores = [dice(predict(im, params, s).astype(bool), lab.astype(bool), ig)
+                  for im, lab, ig, s in zip(v_images, v_labels, v_ignores, v_structures)]
+        val_dice = float(np.mean(scores))
+    params["val_dice"] = val_dice
+    save_params(model_out, params)
+    with atomic_path(curve_out) as tmp:
+        pd.DataFrame([{"step": 0, "loss": float("nan"), "val_dice": val_dice}]).to_csv(tmp, index=False)
+    summary = {"best_val_dice": val_dice, "structures": sorted(params["structures"]), "train_cases": len(images)}
+    log.info("threshold baseline on %d cases: val Dice %.4f", len(images), val_dice)
+    return summary

@@ -1,7 +1,8 @@
 """Supervised finetuning on a label budget: sample crops, train, validate, keep the best.
 
 One joint foreground model is trained for all structures (SELMA3D's setting); the loss may
-differ per structure category. Model selection uses the validation split only.
+differ per structure category. Model selection uses the validation split only. The recipe
+(``finetune.recipe``: ``nnunet`` or ``legacy``) is resolved by :mod:`selma3d.training.recipe`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from selma3d.core.labels import binarize_label
 from selma3d.core.overlap import dice
 from selma3d.data.manifest import annotated_pairs, label_rule, parse_spacing, read_manifest
 from selma3d.preprocess.normalize import normalize
-from selma3d.training.sampling import step_rng
+from selma3d.training.sampling import crop_case, step_rng
 from selma3d.training.runtime import autocast, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,19 @@ class Case:
     spacing: tuple = (1.0, 1.0, 1.0)
 
 
+def normalize_image(data: np.ndarray, method: str, stats: dict | None = None) -> np.ndarray:
+    """A model's input normalisation: ``method`` per case, or, for a training plan's ``zscore``
+    (``stats``: the plan's foreground ``mean``, ``std``, ``p0_5``, ``p99_5``), clipping and
+    z-scoring with those global statistics (:func:`selma3d.training.plan.apply_normalization`)."""
+    if stats and method == "zscore":
+        from selma3d.training.plan import apply_normalization
+
+        return apply_normalization(data, {"normalization": method, "intensity": stats})
+    return normalize(data, method)
+
+
 def load_case(row: pd.Series, normalization: str, ignore_label: int | None = None,
-              background_values: tuple[int, ...] = (0,)) -> Case:
+              background_values: tuple[int, ...] = (0,), stats: dict | None = None) -> Case:
     """Read, check and normalise one image/label pair from a manifest row (the row's own
     ``ignore_label``/``background_values``/``annotated_z`` win over the arguments)."""
     img = io.read_volume(row["image"])
@@ -56,29 +68,14 @@ def load_case(row: pd.Series, normalization: str, ignore_label: int | None = Non
         raise io.InputError(row["image"], "finite intensities", "NaN or inf values")
     fg, ignore = binarize_label(lab.data, *label_rule(row, ignore_label, background_values))
     spacing = parse_spacing(row.get("spacing_um", ""), str(row["image"]))
-    return Case(row["case"], row["structure"], row["category"], normalize(data, normalization), fg, ignore,
-                img.affine, spacing)
+    return Case(row["case"], row["structure"], row["category"], normalize_image(data, normalization, stats), fg,
+                ignore, img.affine, spacing)
 
 
 def sample_crop(case: Case, size: tuple[int, int, int], rng: np.random.Generator, fg_prob: float):
-    """A crop of ``size`` (padded if the case is smaller), centred on foreground with ``fg_prob``."""
-    shape = case.image.shape
-    pad = [(0, max(0, s - d)) for s, d in zip(size, shape)]
-    image, label = case.image, case.label
-    ignore = case.ignore if case.ignore is not None else np.zeros(shape, bool)
-    if any(p[1] for p in pad):
-        image = np.pad(image, pad, mode="constant", constant_values=float(image.min()))
-        label = np.pad(label, pad)
-        ignore = np.pad(ignore, pad, constant_values=True)
-        shape = image.shape
-    starts = [int(rng.integers(0, d - s + 1)) for s, d in zip(size, shape)]
-    if rng.random() < fg_prob:
-        fg = np.flatnonzero(label)
-        if fg.size:
-            centre = np.unravel_index(fg[rng.integers(0, fg.size)], shape)
-            starts = [int(np.clip(c - s // 2, 0, d - s)) for c, s, d in zip(centre, size, shape)]
-    sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
-    x, y, ign = image[sl], label[sl], ignore[sl]
+    """A crop of ``size`` (padded if the case is smaller), centred on foreground with ``fg_prob``,
+    then the legacy recipe's random flips and intensity jitter."""
+    x, y, ign = crop_case(case, size, rng, fg_prob)
     for axis in range(3):  # flips: light-sheet patches have no preferred direction in-plane or in z
         if rng.random() < 0.5:
             x, y, ign = np.flip(x, axis), np.flip(y, axis), np.flip(ign, axis)
@@ -124,7 +121,8 @@ def scratch_model_config(model_cfg: dict[str, Any], scratch_net: dict | None = N
 
 def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, Any], settings: dict[str, Any],
              model_out: str | Path, curve_out: str | Path, mode: str = "full",
-             pretrained: str | Path | None = None, seed: int = 0, scratch_net: dict | None = None) -> dict:
+             pretrained: str | Path | None = None, seed: int = 0, scratch_net: dict | None = None,
+             plan: str | Path | dict | None = None) -> dict:
     """Train the segmentation net on the cases in ``split_csv``; validate on the val split.
 
     Args:
@@ -132,36 +130,46 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
         split_csv: the label budget's cases (from :func:`selma3d.data.splits.draw_budget`).
         model_cfg: network config (``selma3d.nets.models.build_segmentation_net``); when
             ``pretrained`` is given, its stored config wins so names and shapes match.
-        settings: finetune config (steps, batch_size, lr, loss, normalize, val_every, ...).
+        settings: finetune config (recipe, steps, batch_size, optimizer, lr, loss, normalize,
+            val_every, ...; every key of the schema's ``finetune`` block).
         mode: ``full``, ``frozen`` or ``adapter``.
         scratch_net: for ``scratch_<s>`` runs, ``{"strategy": s, "block": <s's config block>}``:
             train ``s``'s network, randomly initialised, instead of ``model_cfg``'s.
+        plan: the training plan (``plan.json`` path or dict, :mod:`selma3d.training.plan`),
+            applied by the ``nnunet`` recipe (:func:`selma3d.training.recipe.resolve_recipe`).
     Returns:
         summary dict (best validation Dice and step, tensors loaded).
     """
     from selma3d.training.losses import build_loss
     from selma3d.nets.models import apply_finetune_mode, build_segmentation_net, load_pretrained
+    from selma3d.training import recipe as R
 
     device = pick_device()
     seed_everything(seed)
-    norm = settings.get("normalize", "percentile")
+    rec = R.resolve_recipe(settings, plan)
+    legacy = rec["recipe"] == "legacy"
+    norm, norm_stats = rec["normalize"], rec["normalize_stats"]
     ignore_label = settings.get("ignore_label")
     bg_values = tuple(settings.get("background_values", (0,)))
     split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    cases = [load_case(r, norm, ignore_label, bg_values) for _, r in split.iterrows()]
+    cases = [load_case(r, norm, ignore_label, bg_values, norm_stats) for _, r in split.iterrows()]
     table = read_manifest(manifest)
     val_pairs = annotated_pairs(table, "val")
     if val_pairs.empty:
         log.warning("no val split in %s: selecting the checkpoint on the training cases", manifest)
         val_cases = cases
     else:
-        val_cases = [load_case(r, norm, ignore_label, bg_values) for _, r in val_pairs.iterrows()]
+        val_cases = [load_case(r, norm, ignore_label, bg_values, norm_stats) for _, r in val_pairs.iterrows()]
 
     cfg = scratch_model_config(model_cfg, scratch_net)
     loaded = 0
     if pretrained:
         payload = torch.load(pretrained, map_location="cpu", weights_only=False)
         cfg = {**cfg, **payload["config"]}
+        if norm != "percentile":
+            log.warning("pretraining normalised patches per case (percentile); finetuning uses %s", norm)
+    cfg, plan_batch = R.plan_network(rec, cfg, trains_model_block=not pretrained and not scratch_net)
+    cfg = R.with_deep_supervision(cfg, rec)
     net = build_segmentation_net(cfg)
     if pretrained:
         loaded = load_pretrained(net, payload["weights"])
@@ -169,25 +177,30 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     net = apply_finetune_mode(net, mode, cfg.get("backbone", "unet")) or net
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(settings.get("lr", 1e-4)),
-                                  weight_decay=float(settings.get("weight_decay", 1e-5)))
+    optimizer = R.build_optimizer(params, rec)
     losses_cfg = dict(settings.get("loss", {}))
     default_loss = losses_cfg.pop("default", "dice_ce")
     loss_fns = {name: build_loss(name) for name in {default_loss, *losses_cfg.values()}}
+    loss_fns = R.deep_supervision_losses(loss_fns, net)
     roi = tuple(int(s) for s in cfg.get("patch_size", (96, 96, 96)))
-    steps, bs = int(settings.get("steps", 1000)), int(settings.get("batch_size", 2))
+    steps, bs = int(settings.get("steps", 1000)), plan_batch or rec["batch_size"]
     val_every = int(settings.get("val_every", 100))
-    fg_prob = float(settings.get("foreground_oversample", 0.5))
+    fg_prob = rec["foreground_oversample"]
     precision = settings.get("precision", "auto")
     val_overlap = float(settings.get("val_overlap", 0.25))
+    batches = None if legacy else R.AugmentedBatches(cases, roi, bs, seed, fg_prob, rec["augmentation"])
 
-    log.info("finetuning %s mode on %d cases (%s), val %d cases, %d steps, device %s", mode, len(cases),
-             ", ".join(sorted({c.structure for c in cases})), len(val_cases), steps, device)
+    log.info("finetuning %s mode on %d cases (%s), val %d cases, %d steps, device %s, recipe %s (%s lr %g%s)",
+             mode, len(cases), ", ".join(sorted({c.structure for c in cases})), len(val_cases), steps, device,
+             rec["recipe"], rec["optimizer"], rec["lr"], "" if legacy else f", normalisation {norm}")
     rows, best = [], {"dice": -1.0, "step": -1, "state": None}
     t0 = time.perf_counter()
     for step in range(steps):
         net.train()  # frozen encoders stay in eval mode (apply_finetune_mode patches train())
-        x, y, ign, cats = _batch(cases, roi, bs, seed, step, fg_prob, device)
+        if legacy:
+            x, y, ign, cats = _batch(cases, roi, bs, seed, step, fg_prob, device)
+        else:
+            x, y, ign, cats = batches.tensors(step, device)
         with autocast(device, precision):
             logits = net(x)
         logits = logits.float()
@@ -198,8 +211,14 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
                 total = total + loss_fns[name](logits[sel], y[sel], ignore=ign[sel]) * len(sel) / len(cats)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
-        optimizer.step()
         row = {"step": step, "loss": float(total.detach())}
+        if not legacy:
+            if rec["grad_clip"] is not None:
+                torch.nn.utils.clip_grad_norm_(params, rec["grad_clip"])
+            row["lr"] = rec["lr"] * R.lr_factor(step, steps, rec["warmup_steps"])
+            for group in optimizer.param_groups:
+                group["lr"] = row["lr"]
+        optimizer.step()
         if (step + 1) % val_every == 0 or step + 1 == steps:
             net.eval()
             scores = [dice(predict_probability(net, c.image, roi, device, overlap=val_overlap,
@@ -216,7 +235,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     summary = {"best_val_dice": best["dice"], "best_step": best["step"], "pretrained_tensors": loaded}
     with atomic_path(model_out) as tmp:
         torch.save({"config": cfg, "state_dict": best["state"], "mode": mode, "normalize": norm,
-                    "ignore_label": ignore_label, "background_values": bg_values, **summary}, tmp)
+                    "normalize_stats": norm_stats, "recipe": rec["recipe"], "ignore_label": ignore_label,
+                    "background_values": bg_values, **summary}, tmp)
     with atomic_path(curve_out) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     return summary
@@ -225,7 +245,12 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 def load_model(path: str | Path, device=None):
     """A finetuned network (eval mode) and its saved settings."""
     from selma3d.nets.models import apply_finetune_mode, build_segmentation_net
+    from selma3d.training import classical
 
+    if classical.is_params_file(path):
+        raise io.InputError(path, "a finetuned network (model.pt of a network strategy)",
+                            "the classical threshold baseline's parameters (strategy 'threshold'): "
+                            "use selma3d.training.classical.predict")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     net = build_segmentation_net(payload["config"])
     if payload.get("mode") == "adapter":  # adapters add tensors the plain net lacks

@@ -236,7 +236,7 @@ def fingerprint(pairs, ignore_label: int | None = None, background_values: tuple
 
 
 def _fit_patch(spacing, median_shape, o: dict) -> tuple[list[int], dict]:
-    from selma3d.nets.dynunet import topology
+    from selma3d.nets.topology import topology
 
     budget = int(o["max_patch_voxels"])
     mfm, mp = int(o["min_feature_map"]), int(o["max_pool"])
@@ -272,7 +272,7 @@ def _fit_patch(spacing, median_shape, o: dict) -> tuple[list[int], dict]:
 
 def make_plan(fp: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """A training plan from a :func:`fingerprint` (see the module docstring)."""
-    from selma3d.nets.dynunet import default_filters
+    from selma3d.nets.topology import default_filters
 
     o = {**PLAN_DEFAULTS, **(overrides or {})}
     unknown = sorted(set(o) - set(PLAN_DEFAULTS))
@@ -368,4 +368,40 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     plan = json.loads(path.read_text())
     if plan.get("version") != PLAN_VERSION:
         raise InputError(path, f"plan version {PLAN_VERSION}", repr(plan.get("version")))
+    return plan
+
+
+#: config names (the schema's ``plan`` block) that differ from :data:`PLAN_DEFAULTS`'
+CONFIG_NAMES = {"normalize": "normalization"}
+#: ``plan`` block keys that are not :func:`make_plan` settings
+NOT_SETTINGS = ("enabled", "batch_size")
+
+
+def plan_dataset(manifest: str | Path, plan_out: str | Path, fingerprint_out: str | Path | None,
+                 settings: dict[str, Any], ignore_label: int | None = None,
+                 background_values: tuple[int, ...] = (0,), seed: int = 0, split: str = "train") -> dict[str, Any]:
+    """The ``plan`` rule: fingerprint the manifest's ``split`` pairs, plan, write both as JSON.
+
+    ``settings`` is the config's ``plan`` block (``enabled`` is ignored here; ``normalize`` is
+    :func:`make_plan`'s ``normalization``; ``batch_size``, when not null, replaces the derived
+    batch size); every other key is a :func:`make_plan` override.
+    """
+    from selma3d.data.manifest import annotated_pairs, read_manifest
+
+    pairs = annotated_pairs(read_manifest(manifest), split)
+    if pairs.empty:
+        raise InputError(manifest, f"annotated image/label rows with split {split!r} to plan from", "none")
+    overrides = {CONFIG_NAMES.get(k, k): v for k, v in settings.items() if k not in NOT_SETTINGS}
+    if overrides.get("foreground_oversample", 0) is None:  # null: make_plan's default
+        del overrides["foreground_oversample"]
+    fp = fingerprint(pairs, ignore_label, tuple(background_values), seed=seed)
+    plan = make_plan(fp, overrides)
+    if settings.get("batch_size") is not None:
+        plan["batch_size"] = int(settings["batch_size"])
+    plan["source"] = {"manifest": str(manifest), "split": split, "n_cases": fp["n_cases"]}
+    if fingerprint_out is not None:
+        write_plan(fingerprint_out, fp)
+    write_plan(plan_out, plan)
+    log.info("plan from %d %s cases: patch %s, batch %d, normalisation %s (%s)", fp["n_cases"], split,
+             plan["patch_size"], plan["batch_size"], plan["normalization"], plan["normalization_reason"])
     return plan

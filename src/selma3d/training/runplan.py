@@ -9,6 +9,8 @@ shape the plan beyond the plain product strategies × modes × budgets × seeds:
   ``scratch_<strategy>`` trains the net of ``<strategy>``'s config block without pretraining,
   so an SSL strategy whose backbone differs from the shared one (SwinUNETR, ViT) has a baseline
   of the same architecture; the ablation table pairs them (``baseline_for``).
+- ``threshold`` is the classical baseline (``selma3d.training.classical``): no network and no
+  pretraining, so it runs in mode ``full`` only; it is scored and ranked like any run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from selma3d import strategies
 
 SCRATCH = "scratch"
 SCRATCH_PREFIX = "scratch_"
+#: the classical baseline: a per-structure intensity threshold, no network
+THRESHOLD = "threshold"
 #: finetuning modes and the backbones each one applies to (None: any)
 MODE_BACKBONES: dict[str, tuple[str, ...] | None] = {"full": None, "frozen": None, "adapter": ("vit",)}
 
@@ -31,8 +35,9 @@ def scratch_reference(strategy: str) -> str | None:
 
 
 def is_pretrained(strategy: str) -> bool:
-    """Whether a finetuning strategy starts from SSL weights (everything but the scratch runs)."""
-    return strategy != SCRATCH and scratch_reference(strategy) is None
+    """Whether a finetuning strategy starts from SSL weights (everything but the scratch runs
+    and the classical ``threshold`` baseline)."""
+    return strategy not in (SCRATCH, THRESHOLD) and scratch_reference(strategy) is None
 
 
 def strategy_backbone(strategy: str, config: dict[str, Any]) -> str:
@@ -41,6 +46,8 @@ def strategy_backbone(strategy: str, config: dict[str, Any]) -> str:
     Mirrors ``selma3d.training.pretrain.resolve_strategy_config`` (model block < class defaults <
     strategy block); ``scratch`` uses the ``model`` block.
     """
+    if strategy == THRESHOLD:
+        return "classical"
     name = scratch_reference(strategy) or strategy
     if name == SCRATCH:
         return config["model"].get("backbone", "unet")
@@ -49,7 +56,10 @@ def strategy_backbone(strategy: str, config: dict[str, Any]) -> str:
 
 
 def modes_for(strategy: str, config: dict[str, Any]) -> list[str]:
-    """The configured finetuning modes that apply to this strategy's backbone."""
+    """The configured finetuning modes that apply to this strategy's backbone (``threshold``:
+    ``full`` only)."""
+    if strategy == THRESHOLD:
+        return [m for m in config["finetune"]["modes"] if m == "full"]
     backbone = strategy_backbone(strategy, config)
     return [m for m in config["finetune"]["modes"] if MODE_BACKBONES[m] is None or backbone in MODE_BACKBONES[m]]
 
@@ -72,7 +82,7 @@ def check_strategies(config: dict[str, Any]) -> None:
     pretrained = config["pretrain"]["strategies"]
     for s in config["finetune"]["strategies"]:
         ref = scratch_reference(s)
-        if s == SCRATCH:
+        if s in (SCRATCH, THRESHOLD):
             continue
         if ref is not None:
             if ref not in known_ssl:
@@ -84,7 +94,8 @@ def check_strategies(config: dict[str, Any]) -> None:
     for s in config["finetune"]["strategies"]:
         if config["finetune"]["modes"] and not modes_for(s, config):
             raise ValueError(f"config: no finetune.modes {config['finetune']['modes']} apply to {s!r} "
-                             f"(backbone {strategy_backbone(s, config)!r}); 'adapter' needs a 'vit' backbone")
+                             f"(backbone {strategy_backbone(s, config)!r}); 'adapter' needs a 'vit' backbone, "
+                             f"{THRESHOLD!r} runs in mode 'full' only")
 
 
 def baseline_for(strategy: str, strategies) -> str:

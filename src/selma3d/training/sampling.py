@@ -41,6 +41,32 @@ def random_crop(patch: np.ndarray, size: tuple[int, int, int], rng: np.random.Ge
     return patch[tuple(slice(a, a + s) for a, s in zip(starts, size))]
 
 
+def crop_case(case, size: tuple[int, int, int], rng: np.random.Generator, fg_prob: float):
+    """(image, label, ignore) crops of ``size`` from an annotated case (``.image``, ``.label``,
+    ``.ignore``: ``selma3d.training.finetune.Case``), padded when the case is smaller (image with
+    its minimum, label 0, ignore True), centred on a foreground voxel with probability ``fg_prob``.
+
+    Draws, in order: the three start offsets, the foreground coin, the foreground voxel.
+    """
+    shape = case.image.shape
+    pad = [(0, max(0, s - d)) for s, d in zip(size, shape)]
+    image, label = case.image, case.label
+    ignore = case.ignore if case.ignore is not None else np.zeros(shape, bool)
+    if any(p[1] for p in pad):
+        image = np.pad(image, pad, mode="constant", constant_values=float(image.min()))
+        label = np.pad(label, pad)
+        ignore = np.pad(ignore, pad, constant_values=True)
+        shape = image.shape
+    starts = [int(rng.integers(0, d - s + 1)) for s, d in zip(size, shape)]
+    if rng.random() < fg_prob:
+        fg = np.flatnonzero(label)
+        if fg.size:
+            centre = np.unravel_index(fg[rng.integers(0, fg.size)], shape)
+            starts = [int(np.clip(c - s // 2, 0, d - s)) for c, s, d in zip(centre, size, shape)]
+    sl = tuple(slice(a, a + s) for a, s in zip(starts, size))
+    return image[sl], label[sl], ignore[sl]
+
+
 class PatchSampleDataset(Dataset):
     """Items are (row, seed) pairs -> a normalised (1, D, H, W) crop plus metadata."""
 
