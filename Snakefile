@@ -1,6 +1,5 @@
 # SELMA3D SSL pipeline: data -> preprocess -> SSL pretraining -> finetuning -> inference ->
 # evaluation -> leaderboard and figures. See README.md; config keys in workflow/schemas/.
-import os
 import sys
 
 from snakemake.utils import min_version, validate
@@ -16,13 +15,11 @@ report: "workflow/report/workflow.rst"
 
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
-# Input functions and rule scripts (child processes, also under --sdm conda and on SLURM nodes,
-# which re-read this file) use the library beside this Snakefile, installed or not.
+# Input functions and rule scripts use the library beside this Snakefile, installed or not.
 sys.path.insert(0, f"{workflow.basedir}/src")
-_src = f"{workflow.basedir}/src"
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    [_src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _src]
-)
+from selma3d.core.checkout import use_checkout  # noqa: E402
+
+use_checkout(f"{workflow.basedir}/src")
 
 
 include: "workflow/rules/common.smk"

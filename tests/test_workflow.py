@@ -188,10 +188,21 @@ def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
     assert "val Dice" in log and "8 cases" in log
 
 
-def test_rule_scripts_import_the_library_beside_them():
-    """Scripts put <repo>/src first on sys.path, so a checkout runs its own library even when
-    another copy is installed (scriptdir may read workflow/rules/../scripts)."""
-    scriptdir = REPO / "workflow" / "rules" / ".." / "scripts"
-    assert scriptdir.resolve().parents[1] / "src" == REPO / "src"
+def test_rule_scripts_import_the_library_beside_them(monkeypatch):
+    """The Snakefile puts <repo>/src first on PYTHONPATH (rule scripts are child processes), so a
+    checkout runs its own library even when another copy is installed; every script starts
+    with the one prologue, start_rule, and none edits sys.path itself."""
+    import os
+    import sys
+
+    from selma3d.core.checkout import use_checkout
+
+    assert 'use_checkout(f"{workflow.basedir}/src")' in (REPO / "Snakefile").read_text()
     for script in (REPO / "workflow" / "scripts").glob("*.py"):
-        assert 'Path(snakemake.scriptdir).resolve().parents[1] / "src"' in script.read_text(), script.name
+        text = script.read_text()
+        assert "start_rule(snakemake)" in text and "sys.path" not in text, script.name
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", str(REPO / "src")]))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    use_checkout(str(REPO / "src"))
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(REPO / "src"), "/elsewhere"]
+    assert sys.path[0] == str(REPO / "src")
