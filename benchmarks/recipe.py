@@ -1,0 +1,110 @@
+"""The finetuning recipe on real data: nnU-Net-style (``finetune.recipe: nnunet``) against the
+previous one (``legacy``), and both against the classical ``threshold`` strategy.
+
+Runs the workflow on ``config/real_selma.yaml`` (train: c-Fos brain 695 + SELMA3D plaque,
+nucleus, vessel patches + TRAILMAP axon planes 17/48; validation = the scored split: brain 753
++ the SELMA3D val patches + axon plane 77) once per recipe and seed, with ``scratch`` (the same
+UNet, same number of optimizer steps) and ``threshold``, no SSL. Both recipes get the same
+inference settings (overlap, mirroring, threshold selection on validation) unless
+``--legacy-inference`` gives legacy the old fixed 0.5 threshold without mirroring. Writes the
+per-structure Dice / clDice / PQ table (mean ± std over seeds) and wall times to
+``benchmarks/results/recipe_<date>.{json,md}``.
+
+    python benchmarks/recipe.py --seeds 0 1 2            # about 30 CPU-min per recipe and seed
+    python benchmarks/recipe.py --seeds 0 --steps 100    # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(recipe: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, float]:
+    out = workdir / f"{recipe}_s{seed}"
+    override = {
+        "results_dir": str(out),
+        "pretrain": {"strategies": []},
+        "finetune": {"strategies": ["scratch", "threshold"], "seeds": [seed], "recipe": recipe,
+                     "steps": args.steps, "val_every": max(1, args.steps // 5)},
+        "infer": {"overlap": args.overlap, "mirror_axes": list(args.mirror_axes)},
+        "evaluate": {"protocols": ["selma3d2026"], "workers": 1},
+    }
+    if recipe == "legacy" and args.legacy_inference:
+        override["infer"].update({"mirror_axes": [], "postprocess": {"select_on_validation": False}})
+    cfg = workdir / f"{recipe}_s{seed}.yaml"
+    cfg.write_text(yaml.safe_dump(override))
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
+           str(REPO / "config" / "real_selma.yaml"), str(cfg)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"{recipe} seed {seed} failed:\n{res.stderr[-4000:]}")
+    wall = time.perf_counter() - t0
+    cases = pd.read_csv(out / "leaderboard" / "cases.csv", dtype={"budget": str})
+    cases["recipe"], cases["seed"] = recipe, seed
+    return cases, wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--mirror-axes", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--legacy-inference", action="store_true")
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--keep", type=Path, help="keep the runs' results here (default: a temporary folder)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="selma3d_recipe_") as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        frames, walls = [], {}
+        for seed in args.seeds:
+            for recipe in ("legacy", "nnunet"):
+                cases, walls[f"{recipe}_s{seed}"] = run(recipe, seed, args, workdir)
+                frames.append(cases)
+                print(f"{recipe} seed {seed}: {walls[f'{recipe}_s{seed}'] / 60:.1f} min", flush=True)
+    cases = pd.concat(frames, ignore_index=True)
+    cases["method"] = cases.apply(lambda r: "threshold" if r.strategy == "threshold" else f"scratch ({r.recipe})",
+                                  axis=1)
+    cases = cases[~((cases.strategy == "threshold") & (cases.recipe == "nnunet"))]  # one threshold fit per seed
+    metrics = [m for m in ("dice", "cldice", "pq") if m in cases]
+    per_seed = cases.groupby(["method", "structure", "seed"])[metrics].mean()
+    table = per_seed.groupby(["method", "structure"]).agg(["mean", "std"])
+    stamp = datetime.date.today().isoformat()
+    machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, {args.cores} cores)"
+    lines = [f"# Finetuning recipe on real_selma validation ({stamp}, {machine})", "",
+             f"seeds {args.seeds}, {args.steps} optimizer steps, infer overlap {args.overlap}, "
+             f"mirror axes {args.mirror_axes}; mean ± std over seeds of the per-structure mean", "",
+             "| method | structure | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for (method, structure), row in table.iterrows():
+        cells = [f"{100 * row[(m, 'mean')]:.1f} ± {100 * (row[(m, 'std')] if row[(m, 'std')] == row[(m, 'std')] else 0):.1f}"
+                 for m in metrics]
+        lines.append(f"| {method} | {structure} | " + " | ".join(cells) + " |")
+    lines += ["", "wall time per run (scratch + threshold, 2 jobs in parallel): "
+              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())]
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"recipe_{stamp}.md").write_text("\n".join(lines) + "\n")
+    (out / f"recipe_{stamp}.json").write_text(json.dumps({
+        "date": stamp, "machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "wall_s": walls, "cases": cases.drop(columns=[c for c in cases if c.startswith("Unnamed")]).to_dict("records"),
+    }, indent=1, default=str))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
