@@ -147,10 +147,7 @@ def eval_tables(protocol):
 
 def get_final_output():
     runplan.check_strategies(config)
-    return [
-        f"{RESULTS}/leaderboard/leaderboard.md",
-        f"{RESULTS}/leaderboard/leaderboard.csv",
-    ] + report_outputs()
+    return [rules.leaderboard.output.markdown, rules.leaderboard.output.csv] + report_outputs()
 
 
 # Figures and tables of the report (rules in report.smk)

@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         manifest=manifest_path(),
-        predictions=f"{RESULTS}/predictions/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}",
+        predictions=rules.infer.output.predictions,
     output:
         cases=f"{RESULTS}/eval/{{protocol}}/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.csv",
     log:

@@ -41,7 +41,7 @@ rule plan:
 rule finetune:
     input:
         manifest=manifest_path(),
-        split=f"{RESULTS}/splits/b{{budget}}_s{{seed}}.csv",
+        split=rules.split.output.split,
         pretrained=pretrained_weights,
         plan=finetune_plan,
     output:

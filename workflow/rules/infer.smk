@@ -4,7 +4,7 @@
 rule infer:
     input:
         manifest=manifest_path(),
-        model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
+        model=rules.finetune.output.model,
     output:
         predictions=directory(
             f"{RESULTS}/predictions/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}"

@@ -50,7 +50,7 @@ else:
 
     rule downsample:
         input:
-            store=f"{RESULTS}/ingest/{{volume}}.zarr",
+            store=rules.ingest.output.store,
         output:
             pyramid=directory(f"{RESULTS}/downsample/{{volume}}.ome.zarr"),
         log:
@@ -70,7 +70,7 @@ else:
 
     rule patchify:
         input:
-            pyramid=f"{RESULTS}/downsample/{{volume}}.ome.zarr",
+            pyramid=rules.downsample.output.pyramid,
             manifest=manifest_path(),
         output:
             store=directory(f"{RESULTS}/patches/{{volume}}.zarr"),

@@ -29,7 +29,7 @@ rule figures_data:
 
 rule figures_pretrain:
     input:
-        curves=expand(f"{RESULTS}/pretrain/{{strategy}}/loss.csv", strategy=SSL_STRATEGIES),
+        curves=expand(rules.pretrain.output.curve, strategy=SSL_STRATEGIES),
     output:
         curves=_report_fig("pretrain_loss", "pretrain_loss", "2. Pretraining", "Loss curves"),
         curves_pdf=_fig("pretrain_loss")[1],
@@ -65,7 +65,7 @@ rule figures_finetune:
 
 rule figures:
     input:
-        cases=f"{RESULTS}/leaderboard/cases.csv",
+        cases=rules.leaderboard.output.cases,
         manifest=manifest_path(),
         predictions=[run_dir("predictions", *r) for r in run_ids()],
     output:
@@ -97,7 +97,7 @@ rule figures:
 
 rule tables:
     input:
-        cases=f"{RESULTS}/leaderboard/cases.csv",
+        cases=rules.leaderboard.output.cases,
     output:
         tables_md=f"{TABLES}/tables.md",
         tables_tex=f"{TABLES}/tables.tex",

@@ -10,7 +10,7 @@ localrules:
 
 rule segment_volume:
     input:
-        model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
+        model=rules.finetune.output.model,
         volume=lambda wc: SEGMENT["volumes"][wc.volume],
     output:
         prediction=directory(
