@@ -1,4 +1,5 @@
-"""Rule report_config: the effective config (schema defaults filled in) for the report."""
+"""Rule report_config: the effective config and every strategy's network for the report
+(the same YAML as `selma3d config show`)."""
 
 import sys
 from pathlib import Path

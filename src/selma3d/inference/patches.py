@@ -9,6 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from selma3d import io
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.data.manifest import read_manifest
 from selma3d.preprocess.normalize import normalize
@@ -26,9 +27,13 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     return cc3d.dust(mask.astype(np.uint8), threshold=min_size, connectivity=26, in_place=False).astype(mask.dtype)
 
 
-def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str | Path, overlap: float = 0.5,
-                     threshold: float = 0.5, sw_batch_size: int = 4, blend: str = "gaussian",
-                     min_component_size: int = 0, split: str = "test", progress: bool = True) -> list[Path]:
+def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str | Path,
+                     overlap: float = schema_default("infer.overlap"),
+                     threshold: float = schema_default("infer.threshold"),
+                     sw_batch_size: int = schema_default("infer.sw_batch_size"),
+                     blend: str = schema_default("infer.blend"),
+                     min_component_size: int = schema_default("infer.min_component_size"), split: str = "test",
+                     progress: bool = True) -> list[Path]:
     """Segment every image of ``split`` and write ``<case>.nii.gz`` masks (uint8) into ``out_dir``.
 
     Predictions keep the input's geometry (its affine for NIfTI inputs, its spacing otherwise),
@@ -39,7 +44,7 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
 
     device = pick_device()
     net, payload = load_model(model_path, device)
-    roi = tuple(int(s) for s in payload["config"].get("patch_size", (96, 96, 96)))
+    roi = tuple(int(s) for s in payload["config"]["patch_size"])  # the network config load_model resolved
     table = read_manifest(manifest)
     images = table[(table.split == split) & (table.role == "image")].sort_values("case")
     if images.empty:
@@ -52,7 +57,7 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
             data = np.asarray(vol.data, dtype=np.float32)
             if not np.isfinite(data).all():
                 raise io.InputError(row.path, "finite intensities", "NaN or inf values")
-            prob = predict_probability(net, normalize(data, payload.get("normalize", "percentile")), roi, device,
+            prob = predict_probability(net, normalize(data, payload["normalize"]), roi, device,
                                        overlap=overlap, sw_batch_size=sw_batch_size, blend=blend)
             mask = remove_small_components(prob > threshold, min_component_size).astype(np.uint8)
             io.write_nifti(tmp / f"{row.case}.nii.gz", mask, vol.spacing, affine=vol.affine)

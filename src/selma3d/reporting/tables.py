@@ -363,22 +363,13 @@ def write_tables(cases: pd.DataFrame | str | Path, protocols, out, baseline: str
 
 
 def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path) -> list[Path]:
-    """The effective config of the run (schema defaults filled in) as YAML and as an HTML page."""
-    import yaml
+    """The effective config of the run (schema defaults filled in) and every strategy's network
+    (``resolved_networks``) as YAML and as an HTML page: the YAML is ``selma3d config show``'s."""
+    from selma3d.config import report_yaml
 
-    text = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None, width=100)
+    text = report_yaml(config)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>config</title>{_STYLE}</head><body>"
-            "<h2>Configuration used (defaults from the schema filled in)</h2>"
+            "<h2>Configuration used (defaults from the schema filled in; resolved_networks: the network "
+            "each strategy pretrains and finetunes)</h2>"
             f"<pre>{html.escape(text)}</pre></body></html>")
     return [_write_text(yaml_out, text), _write_text(html_out, page)]
-
-
-def _plain(obj):
-    """Snakemake's config (nested Config/dict/list objects) as plain YAML-able values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
