@@ -231,8 +231,12 @@ def test_make_figures_entry_points(tree, tmp_path):
 
 
 def test_config_report(tmp_path):
-    T.write_config_report({"finetune": {"budgets": [1, "all"]}, "results_dir": "r"}, tmp_path / "c.yaml", tmp_path / "c.html")
-    assert "budgets: [1, all]" in (tmp_path / "c.yaml").read_text()
+    from selma3d.config import validate
+
+    config = validate({"finetune": {"budgets": [1, "all"]}, "results_dir": "r"})  # as the workflow hands it over
+    T.write_config_report(config, tmp_path / "c.yaml", tmp_path / "c.html")
+    text = (tmp_path / "c.yaml").read_text()
+    assert "budgets: [1, all]" in text and "resolved_networks:" in text
     assert "<pre>" in (tmp_path / "c.html").read_text()
 
 

@@ -62,7 +62,7 @@ def test_bad_strategy_lists_are_refused_naming_the_strategy(strategies, modes, w
 
 def test_scratch_of_a_strategy_trains_that_strategys_net():
     from selma3d.training.finetune import scratch_model_config
-    from selma3d.nets.models import build_segmentation_net, load_pretrained
+    from selma3d.nets.models import build_segmentation_net, load_pretrained, net_config
     from selma3d.training.pretrain import resolve_strategy_config
 
     model = {"backbone": "unet", "patch_size": [32, 32, 32]}
@@ -74,7 +74,7 @@ def test_scratch_of_a_strategy_trains_that_strategys_net():
     exported = ssl.build_strategy("dino", resolve_strategy_config("dino", model, block)).export_weights()
     net = build_segmentation_net(cfg)
     assert load_pretrained(net, exported) == len(exported) > 0
-    assert scratch_model_config(model, None) == model
+    assert scratch_model_config(model, None) == net_config(model)  # the model block's net, defaults filled in
 
 
 def test_threshold_baseline_is_planned_without_pretraining_in_mode_full_only():

@@ -69,7 +69,7 @@ def test_registry_lists_every_strategy_with_defaults():
         assert cls.name == name
         for key in ("backbone", "patch_size", "batch_size", "lr", "weight_decay", "warmup_steps", "seed"):
             assert key in cls.defaults, (name, key)
-        M.net_config(cls.defaults)  # the default network config is valid
+        M.net_config(M.split_net_config(cls.defaults)[0])  # the default network config is valid
     with pytest.raises(KeyError, match="available"):
         get_strategy("nope")
 
@@ -91,7 +91,7 @@ def test_loss_decreases_and_weights_transfer(name):
         assert logs["emb_std"] > 0.05, logs
 
     exported = st.export_weights()
-    net = M.build_segmentation_net(cfg)
+    net = M.build_segmentation_net(M.split_net_config(cfg)[0])
     own = net.state_dict()
     for k, v in exported.items():
         assert k in own and own[k].shape == v.shape, k
@@ -144,7 +144,7 @@ def test_swinunetr_multitask_exports_swinvit():
     assert torch.isfinite(loss) and "class" in logs
     exported = st.export_weights()
     assert exported and all(k.startswith("swinViT.") for k in exported)
-    assert M.load_pretrained(M.build_segmentation_net(cfg), exported) == len(exported)
+    assert M.load_pretrained(M.build_segmentation_net(M.split_net_config(cfg)[0]), exported) == len(exported)
 
 
 def test_mae_text_captions_from_metadata():

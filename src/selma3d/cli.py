@@ -14,15 +14,20 @@ COMMANDS = {
     "download": ("selma3d.data.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
     "predict": ("selma3d.inference.volume", "segment a whole volume block-wise with a trained model"),
     "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
+    "config": ("selma3d.config", "show the resolved config and every strategy's network (config show)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with ``only``, just that command's module is imported (so
+    ``selma3d config show`` does not import torch)."""
     parser = argparse.ArgumentParser(prog="selma3d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
+        if only is not None and name != only:
+            continue
         try:
             importlib.import_module(module).configure_parser(p)
         except (ImportError, AttributeError) as exc:  # a command under construction
@@ -31,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(f"selma3d {args.command}: not available: {args._unavailable}", file=sys.stderr)
         return 2

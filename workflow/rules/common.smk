@@ -1,4 +1,5 @@
-# Input functions, wildcard constraints and config lookups. No rules, no torch.
+# Input functions, wildcard constraints and config lookups. No rules, no torch. The config is
+# complete here: the Snakefile resolved it (selma3d.config), every schema default filled in.
 import csv
 from pathlib import Path
 
@@ -124,8 +125,8 @@ def patch_stores(wildcards=None):
 
 
 def strategy_block(wildcards):
-    """The config block of a strategy (empty: its class defaults apply)."""
-    return dict(config["pretrain"].get(wildcards.strategy, {}))
+    """The config block of a strategy (empty: its team defaults apply)."""
+    return dict(config["pretrain"].get(wildcards.strategy) or {})
 
 
 def gpu_resources(kind="train"):
@@ -151,7 +152,7 @@ def get_final_output():
 
 
 # Figures and tables of the report (rules in report.smk)
-FIGURES = config.get("figures", {}) or {}
+FIGURES = config["figures"]
 FIG = f"{RESULTS}/figures"
 TABLES = f"{RESULTS}/tables"
 

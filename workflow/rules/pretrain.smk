@@ -24,13 +24,8 @@ rule pretrain:
         precision=config["pretrain"]["precision"],
         gpus=config["pretrain"]["gpus"],
         speed={
-            k: config["pretrain"].get(k, default)
-            for k, default in (
-                ("shards", None),
-                ("channels_last", False),
-                ("compile", False),
-                ("pin_memory", None),
-            )
+            k: config["pretrain"][k]
+            for k in ("shards", "channels_last", "compile", "pin_memory")
         },
         seed=config["seed"],
         dataset_meta={"stain": DATASET["stain"], "organism": DATASET["organism"]},

@@ -1,6 +1,6 @@
 # Figures, the paper's tables and the material of `snakemake --report`: every output marked
 # report() is grouped by category (Data, Pretraining, Finetuning, Evaluation, Configuration).
-# Optional config block `figures:` (defaults here): budget (qualitative/distribution figures;
+# Config block `figures:` (defaults in the schema): budget (qualitative/distribution figures;
 # default the largest), cases_per_structure (1), cases (explicit test case names), protocol
 # (the protocol of the figures; default selma3d2026 when evaluated).
 
@@ -85,10 +85,10 @@ rule figures:
         f"{RESULTS}/benchmarks/figures.tsv"
     params:
         kind="evaluation",
-        budget=FIGURES.get("budget"),
-        cases_per_structure=FIGURES.get("cases_per_structure", 1),
-        cases=FIGURES.get("cases", []),
-        protocol=FIGURES.get("protocol"),
+        budget=FIGURES["budget"],
+        cases_per_structure=FIGURES["cases_per_structure"],
+        cases=FIGURES["cases"],
+        protocol=FIGURES["protocol"],
     conda:
         "../../envs/core.yaml"
     script:

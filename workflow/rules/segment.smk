@@ -1,7 +1,7 @@
 # Whole-volume segmentation: a finetuned model applied block-wise to whole brains (GPU).
 # Not part of `all`: run `snakemake segment_all` with segment.volumes and segment.runs set.
 
-SEGMENT = config.get("segment", {})
+SEGMENT = config["segment"]
 
 
 localrules:
@@ -34,6 +34,6 @@ rule segment_all:
     input:
         [
             f"{RESULTS}/segment/{run}/{name}.ome.zarr"
-            for run in SEGMENT.get("runs", [])
-            for name in SEGMENT.get("volumes", {})
+            for run in SEGMENT["runs"]
+            for name in SEGMENT["volumes"]
         ],

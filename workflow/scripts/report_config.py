@@ -1,4 +1,5 @@
-"""Rule report_config: the effective config (schema defaults filled in) and the training plan for the report."""
+"""Rule report_config: the effective config and every strategy's network (the same YAML as
+`selma3d config show`), with the training plan, for the report."""
 
 from selma3d.core.logs import start_rule
 

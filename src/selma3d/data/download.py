@@ -42,6 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.core.hashing import CHUNK, sha256_file
@@ -159,7 +160,8 @@ class _Ctx:
 # --------------------------------------------------------------------------- public API
 
 
-def download_manifest(manifest: str | Path, dest: str | Path, workers: int = 4, retries: int = 5,
+def download_manifest(manifest: str | Path, dest: str | Path, workers: int = schema_default("dataset.download_workers"),
+                      retries: int = 5,
                       backoff: float = 1.0, timeout: float = 60, progress: bool = True) -> pd.DataFrame:
     """Fetch every ``url`` row of ``manifest`` into ``dest``; return the manifest with local paths.
 

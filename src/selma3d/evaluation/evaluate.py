@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.io import MHA_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, case_name, read_volume
@@ -252,8 +253,11 @@ def write_json(obj: dict, path: str | Path) -> Path:
 
 
 def evaluate_manifest_split(pred_dir: str | Path, manifest: str | Path, protocol: str, out_cases: str | Path,
-                            workers: int = 1, ignore_label: int | None = None, split: str = "test",
-                            missing: str = "error", background_values: tuple[int, ...] = (0,)) -> pd.DataFrame:
+                            workers: int = schema_default("evaluate.workers"),
+                            ignore_label: int | None = schema_default("finetune.ignore_label"), split: str = "test",
+                            missing: str = "error",
+                            background_values: tuple[int, ...] = tuple(schema_default("finetune.background_values")),
+                            ) -> pd.DataFrame:
     """Score ``<case>.*`` predictions in ``pred_dir`` against a manifest split's labels; write the CSV.
 
     Structure and category come from the manifest rows, so file names need no prefix.

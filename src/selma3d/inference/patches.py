@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from selma3d import io
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.data.manifest import read_manifest
 from selma3d.training.runtime import pick_device
@@ -90,9 +91,13 @@ def infer_classical(params_path: str | Path, manifest: str | Path, out_dir: str 
     return written
 
 
-def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str | Path, overlap: float = 0.5,
-                     threshold: float = 0.5, sw_batch_size: int = 4, blend: str = "gaussian",
-                     min_component_size: int = 0, split: str = "test", progress: bool = True,
+def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str | Path,
+                     overlap: float = schema_default("infer.overlap"),
+                     threshold: float = schema_default("infer.threshold"),
+                     sw_batch_size: int = schema_default("infer.sw_batch_size"),
+                     blend: str = schema_default("infer.blend"),
+                     min_component_size: int = schema_default("infer.min_component_size"), split: str = "test",
+                     progress: bool = True,
                      mirror_axes: tuple[int, ...] | None = None, use_stored_postprocess: bool = True) -> list[Path]:
     """Segment every image of ``split`` and write ``<case>.nii.gz`` masks (uint8) into ``out_dir``.
 
@@ -111,7 +116,7 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
         return infer_classical(model_path, manifest, out_dir, split=split, progress=progress)
     device = pick_device()
     net, payload = load_model(model_path, device)
-    roi = tuple(int(s) for s in payload["config"].get("patch_size", (96, 96, 96)))
+    roi = tuple(int(s) for s in payload["config"]["patch_size"])  # the network config load_model resolved
     stored = payload.get("postprocess") if use_stored_postprocess else None
     if stored:
         log.info("post-processing calibrated on %s per %s: %s", stored.get("split", "val"), stored["per"],

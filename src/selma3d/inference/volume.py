@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import VolumeReader, open_reader
 from selma3d.training.runtime import autocast, pick_device
@@ -216,10 +217,14 @@ def downsample2(block: np.ndarray, how: str) -> np.ndarray:
 
 
 def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequence[int], *,
-                   normalization: str | Normalizer = "percentile", overlap: float = 0.25, block: int = 256,
-                   batch: int = 8, probability: bool = False, threshold: float = 0.5,
-                   prob_dtype: str = "float16", levels: int = 2, blend: str = "gaussian",
-                   device: torch.device | None = None, precision: str = "auto", spacing=None,
+                   normalization: str | Normalizer = schema_default("finetune.normalize"),
+                   overlap: float = schema_default("segment.overlap"), block: int = schema_default("segment.block"),
+                   batch: int = schema_default("segment.batch"),
+                   probability: bool = schema_default("segment.probability"),
+                   threshold: float = schema_default("segment.threshold"),
+                   prob_dtype: str = schema_default("segment.prob_dtype"), levels: int = schema_default("segment.levels"),
+                   blend: str = schema_default("infer.blend"), device: torch.device | None = None,
+                   precision: str = schema_default("segment.precision"), spacing=None,
                    chunks: int = 64, ngff_version: str = "0.5", sample_voxels: int = 2**24,
                    attributes: dict | None = None, progress: bool = False) -> Path:
     """Segment a volume block by block into an OME-Zarr image (written atomically).
@@ -326,13 +331,13 @@ def predict_from_checkpoint(model: str | Path, source, output: str | Path, devic
 
     device = device or pick_device()
     net, payload = load_model(model, device)
-    roi = [int(s) for s in payload["config"].get("patch_size", (96, 96, 96))]
+    roi = [int(s) for s in payload["config"]["patch_size"]]  # the network config load_model resolved
     roi = roi * 3 if len(roi) == 1 else roi
     stats = payload.get("normalize_stats")
     if stats and payload.get("normalize") == "zscore":  # a training plan's global foreground statistics
         kwargs.setdefault("normalization", Normalizer("zscore", float(stats["mean"]), float(stats["std"]) or 1.0,
                                                       (float(stats["p0_5"]), float(stats["p99_5"]))))
-    kwargs.setdefault("normalization", payload.get("normalize", "percentile"))
+    kwargs.setdefault("normalization", payload["normalize"])
     attrs = {"model": str(model), "model_config": {k: v for k, v in payload["config"].items()
                                                   if isinstance(v, (int, float, str, list, bool))}}
     return predict_volume(net, source, output, roi, device=device, attributes=attrs, **kwargs)

@@ -45,23 +45,11 @@ from typing import Any
 from torch import nn
 
 from selma3d.core.errors import InputError
+from selma3d.nets.spec import NET_DEFAULTS
 from selma3d.nets.topology import default_filters, topology  # noqa: F401  (re-exported)
 
-#: network keys of the ``dynunet`` backbone and their defaults
-DEFAULTS: dict[str, Any] = {
-    "spacing": [1.0, 1.0, 1.0],
-    "kernel_size": None,
-    "strides": None,
-    "filters": None,
-    "max_pool": 5,
-    "min_feature_map": 4,
-    "base_filters": 32,
-    "max_filters": 320,
-    "deep_supervision": False,
-    "deep_supr_num": 2,
-    "res_block": False,
-    "dropout": 0.0,
-}
+#: network keys of the ``dynunet`` backbone and their defaults (torch-free, in nets.spec)
+DEFAULTS: dict[str, Any] = NET_DEFAULTS["dynunet"]
 
 ENCODER_PREFIXES = ["input_block.", "downsamples.", "bottleneck."]
 

@@ -22,7 +22,8 @@ Backbones (``cfg["backbone"]``):
   ``downsamples`` and ``bottleneck``; optional deep supervision.
 
 The strategy and the finetuning run must build the network from the same config; the keys it
-reads are listed in :data:`NET_DEFAULTS` (other keys in ``cfg`` are ignored).
+reads are listed in :data:`selma3d.nets.spec.NET_DEFAULTS` (torch-free, with :func:`net_config`);
+any other key is an error naming it.
 """
 
 from __future__ import annotations
@@ -38,59 +39,11 @@ from torch import nn
 
 from selma3d.core.errors import InputError
 from selma3d.nets import dynunet as _dynunet
+from selma3d.nets.spec import BACKBONES, NET_DEFAULTS, applicable, net_config, split_net_config  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("unet", "swinunetr", "attention_unet", "vit", "dynunet")
 FINETUNE_MODES = ("full", "frozen", "adapter")
-
-#: per-backbone network keys and their defaults (``patch_size`` is (z, y, x) voxels)
-NET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "unet": {"features": [32, 32, 64, 128, 256, 32], "dropout": 0.0, "upsample": "deconv"},
-    "swinunetr": {
-        "feature_size": 24,
-        "depths": [2, 2, 2, 2],
-        "num_heads": [3, 6, 12, 24],
-        "window_size": 7,
-        "dropout_path_rate": 0.0,
-        "use_checkpoint": False,
-        "use_v2": False,
-    },
-    "attention_unet": {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "dropout": 0.0},
-    "vit": {
-        "vit_patch_size": 16,
-        "hidden_size": 384,
-        "mlp_dim": 1536,
-        "num_layers": 12,
-        "num_heads": 6,
-        "feature_size": 16,
-        "dropout": 0.0,
-    },
-}
-NET_DEFAULTS["dynunet"] = dict(_dynunet.DEFAULTS)
-COMMON_DEFAULTS: dict[str, Any] = {"backbone": "unet", "patch_size": [64, 64, 64], "in_channels": 1, "out_channels": 1}
-
-
-def net_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The network part of a (strategy or finetune) config, defaults filled in.
-
-    Only the keys of :data:`COMMON_DEFAULTS` and the backbone's :data:`NET_DEFAULTS` are kept,
-    so a strategy config can be passed as is and the result saved next to the weights.
-    """
-    backbone = cfg.get("backbone", COMMON_DEFAULTS["backbone"])
-    if backbone not in NET_DEFAULTS:
-        raise InputError(None, f"backbone one of {list(BACKBONES)}", repr(backbone))
-    out = {**COMMON_DEFAULTS, **NET_DEFAULTS[backbone]}
-    for key in out:
-        if key in cfg and cfg[key] is not None:
-            out[key] = cfg[key]
-    out["backbone"] = backbone
-    ps = out["patch_size"]
-    ps = [int(ps)] * 3 if isinstance(ps, (int, float)) else [int(p) for p in ps]
-    if len(ps) != 3:
-        raise InputError(None, "patch_size as 3 ints (z, y, x)", repr(out["patch_size"]))
-    out["patch_size"] = ps
-    return out
 
 
 def encoder_stride(cfg: dict[str, Any]) -> int:
@@ -243,7 +196,8 @@ def build_segmentation_net(cfg: dict[str, Any]) -> nn.Module:
 
     Args:
         cfg: ``backbone`` plus the keys of :data:`NET_DEFAULTS` for it and ``patch_size``.
-            Unknown keys are ignored, so a whole strategy config can be passed.
+            A key the backbone does not read is an error (:func:`net_config`); split a whole
+            strategy config first (:func:`split_net_config`).
     Returns:
         the network, with ``selma3d_cfg`` (the resolved network config) and
         ``selma3d_backbone`` attributes set.
@@ -336,7 +290,7 @@ def encoder_prefixes(backbone: str, cfg: dict[str, Any] | None = None) -> list[s
     if backbone == "dynunet":
         return list(_dynunet.ENCODER_PREFIXES)
     if backbone == "attention_unet":
-        n = len(net_config({**(cfg or {}), "backbone": backbone})["strides"])
+        n = len((cfg or {}).get("strides") or NET_DEFAULTS[backbone]["strides"])
         out, name = ["model.0."], "model.1"
         for _ in range(n - 1):
             out.append(f"{name}.submodule.0.")

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
@@ -25,10 +26,12 @@ from selma3d.preprocess.pyramid import PyramidBuilder
 
 
 def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None = None,
-                  chunks: Sequence[int] = (64, 256, 256), workers: int = 2, progress: bool = True,
+                  chunks: Sequence[int] = (64, 256, 256), workers: int = schema_default("preprocess.workers"),
+                  progress: bool = True,
                   compressor: str = "lz4", clevel: int = 1, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
                   ngff_version: str = "0.5", pyramid: str | Path | None = None,
-                  target_spacing_um: Sequence[float] | None = None, levels: int = 3,
+                  target_spacing_um: Sequence[float] | None = None,
+                  levels: int = schema_default("preprocess.pyramid_levels"),
                   method: str = "auto") -> Path:
     """Stream ``source`` into a canonical one-level OME-Zarr image at ``out_zarr``.
 

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.core.text import format_spacing
@@ -90,10 +91,14 @@ def _grid(n: int, p: int, stride: int) -> list[int]:
 
 
 def patchify_volume(in_store, out_zarr: str | Path, index_csv: str | Path,
-                    patch_size: int | Sequence[int] = 128, level: int = 0, min_foreground: float = 0.1,
-                    intensity_threshold: float | str = 500, background_share: float = 0.05, seed: int = 0,
-                    meta: dict | None = None, stride: int | Sequence[int] | None = None,
-                    progress: bool = True, workers: int = 2, compressor: str = "zstd",
+                    patch_size: int | Sequence[int] = schema_default("preprocess.patch_size"),
+                    level: int = schema_default("preprocess.level"),
+                    min_foreground: float = schema_default("preprocess.min_foreground"),
+                    intensity_threshold: float | str = schema_default("preprocess.intensity_threshold"),
+                    background_share: float = schema_default("preprocess.background_share"),
+                    seed: int = schema_default("seed"), meta: dict | None = None,
+                    stride: int | Sequence[int] | None = None, progress: bool = True,
+                    workers: int = schema_default("preprocess.workers"), compressor: str = "zstd",
                     clevel: int = 3) -> pd.DataFrame:
     """Cut ``in_store`` (level ``level`` of an OME-Zarr, or any readable volume) into cubes.
 

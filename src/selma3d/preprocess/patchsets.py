@@ -25,6 +25,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.core.text import format_spacing
@@ -148,9 +149,12 @@ def _threshold(files: Sequence[Path], shapes, spec, seed: int) -> float:
 
 
 def collect_patch_files(files: Sequence[str | Path], out_zarr: str | Path, index_csv: str | Path,
-                        patch_size: int | Sequence[int] | None = None, min_foreground: float = 0.1,
-                        intensity_threshold: float | str = 500, background_share: float = 0.05,
-                        seed: int = 0, meta_rows: Sequence[dict] | None = None, workers: int = 2,
+                        patch_size: int | Sequence[int] | None = schema_default("preprocess.patchset_patch_size"),
+                        min_foreground: float = schema_default("preprocess.min_foreground"),
+                        intensity_threshold: float | str = schema_default("preprocess.intensity_threshold"),
+                        background_share: float = schema_default("preprocess.background_share"),
+                        seed: int = schema_default("seed"), meta_rows: Sequence[dict] | None = None,
+                        workers: int = schema_default("preprocess.workers"),
                         progress: bool = True, compressor: str = "zstd", clevel: int = 3) -> pd.DataFrame:
     """Filter patch files into one zarr store (N, pz, py, px) plus patchify's index CSV.
 

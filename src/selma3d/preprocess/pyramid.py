@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
@@ -512,8 +513,9 @@ class PyramidBuilder:
             atomic.__exit__(type(exc), exc, exc.__traceback__)
 
 
-def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Sequence[float], levels: int = 3,
-                      workers: int = 2, progress: bool = True, method: str = "auto",
+def downsample_volume(in_store, out_ome_zarr: str | Path, target_spacing_um: Sequence[float],
+                      levels: int = schema_default("preprocess.pyramid_levels"),
+                      workers: int = schema_default("preprocess.workers"), progress: bool = True, method: str = "auto",
                       spacing: Sequence[float] | None = None, chunks: Sequence[int] = (64, 256, 256),
                       compressor: str = "zstd", clevel: int = 3, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
                       ngff_version: str = "0.5") -> Path:

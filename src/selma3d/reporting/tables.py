@@ -379,13 +379,14 @@ def plan_summary(plan: dict) -> list[tuple[str, str]]:
 
 def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path,
                         plan: str | Path | None = None) -> list[Path]:
-    """The effective config of the run (schema defaults filled in) as YAML and as an HTML page,
-    with the training plan (``plan.json`` of the ``plan`` rule) when given."""
+    """The effective config of the run (schema defaults filled in) and every strategy's network
+    (``resolved_networks``) as YAML and as an HTML page: the YAML is ``selma3d config show``'s.
+    The page adds the training plan (``plan.json`` of the ``plan`` rule) when given."""
     import json
 
-    import yaml
+    from selma3d.config import report_yaml
 
-    text = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None, width=100)
+    text = report_yaml(config)
     plan_html = ""
     if plan:
         data = json.loads(Path(plan).read_text())
@@ -398,17 +399,7 @@ def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path
                      f"<p>{note} File: {html.escape(str(plan))}</p><table>{cells}</table>"
                      f"<details><summary>plan.json</summary><pre>{raw}</pre></details>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>config</title>{_STYLE}</head><body>"
-            "<h2>Configuration used (defaults from the schema filled in)</h2>"
+            "<h2>Configuration used (defaults from the schema filled in; resolved_networks: the network "
+            "each strategy pretrains and finetunes)</h2>"
             f"<pre>{html.escape(text)}</pre>{plan_html}</body></html>")
     return [_write_text(yaml_out, text), _write_text(html_out, page)]
-
-
-def _plain(obj):
-    """Snakemake's config (nested Config/dict/list objects) as plain YAML-able values."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

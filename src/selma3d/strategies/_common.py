@@ -13,11 +13,16 @@ from torch import nn
 from selma3d.nets import models
 from selma3d.nets.dynunet import single_output
 from selma3d.core.errors import InputError
+from selma3d.strategies import resolve_strategy_config, strategy_network
 from selma3d.strategies.base import Strategy
 
 
 class StrategyBase(Strategy):
     """Strategy with config merged over ``defaults``, a seeded generator and the encoder net.
+
+    ``defaults`` are the team's (``selma3d.strategies.defaults``); the config resolves over them
+    with :func:`selma3d.strategies.resolve_strategy_config`, the network with
+    :func:`selma3d.strategies.strategy_network`.
 
     ``export_scope`` is ``"encoder"`` (export the encoder tensors only) or ``"network"``
     (encoder and decoder: reconstruction through the whole net; the output layer is left out).
@@ -27,10 +32,11 @@ class StrategyBase(Strategy):
     export_scope = "encoder"
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
-        merged = {**self.defaults, **{k: v for k, v in config.items() if v is not None}}
+        # the same resolution as the workflow's (team defaults < config; None means unset)
+        merged = resolve_strategy_config(self.name, {}, config)
         super().__init__(merged, in_channels=in_channels)
         self.config["in_channels"] = in_channels
-        self.net_config = models.net_config(self.config)
+        self.net_config = strategy_network(self.name, self.config)
         self.backbone = self.net_config["backbone"]
         self.encoder_net = models.build_segmentation_net(self.net_config)
         single_output(self.encoder_net)  # pretext tasks read the main output (no deep-supervision stack)

@@ -14,28 +14,14 @@ import torch.nn.functional as F
 
 from selma3d.augment import views as augment
 from selma3d.nets import models
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, embedding_std, ema_update, make_teacher, mlp
 
 
 @register("byol")
 class BYOL(StrategyBase):
-    #: BYOL paper values for heads / EMA; 3D UNet encoder after Zoomlin; optimiser values assumed
-    defaults: dict[str, Any] = {
-        "backbone": "unet",
-        "patch_size": [64, 64, 64],
-        "batch_size": 8,
-        "lr": 1e-4,
-        "weight_decay": 1e-5,
-        "warmup_steps": 500,
-        "ema_momentum": 0.996,
-        "proj_hidden": 4096,
-        "proj_dim": 256,
-        "crop_scale": [0.3, 1.0],
-        "blur_p": 0.5,
-        "noise_std": 0.05,
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("byol")
     needs_views = True
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):

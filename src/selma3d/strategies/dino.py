@@ -18,7 +18,7 @@ from torch import nn
 
 from selma3d.augment import views as augment
 from selma3d.core.errors import InputError
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, ema_update, embedding_std, make_teacher
 
 
@@ -49,40 +49,8 @@ def _koleo(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 @register("dino")
 class DINO(StrategyBase):
-    #: DINOv2 defaults (temperatures, centre momentum, EMA 0.992, iBOT masking, KoLeo 0.1, 8 local
-    #: crops, crop scales); 128³ patches and ViT after Tonyxu; prototype count reduced for 3D memory
-    defaults: dict[str, Any] = {
-        "backbone": "vit",
-        "patch_size": [128, 128, 128],
-        "vit_patch_size": 16,
-        "hidden_size": 384,
-        "num_layers": 12,
-        "num_heads": 6,
-        "mlp_dim": 1536,
-        "batch_size": 4,
-        "lr": 5e-4,
-        "weight_decay": 0.04,
-        "warmup_steps": 1000,
-        "ema_momentum": 0.992,
-        "out_dim": 8192,
-        "head_hidden": 2048,
-        "head_bottleneck": 256,
-        "student_temp": 0.1,
-        "teacher_temp": 0.07,
-        "warmup_teacher_temp": 0.04,
-        "teacher_temp_warmup_steps": 3000,
-        "center_momentum": 0.9,
-        "n_local_crops": 8,
-        "local_size": 64,
-        "global_scale": [0.32, 1.0],
-        "local_scale": [0.05, 0.32],
-        "mask_ratio": [0.1, 0.5],
-        "mask_sample_probability": 0.5,
-        "w_dino": 1.0,
-        "w_ibot": 1.0,
-        "w_koleo": 0.1,
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("dino")
     needs_views = True
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):

@@ -13,27 +13,14 @@ from typing import Any
 import torch
 
 from selma3d.augment import views as augment
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, masked_recon_loss
 
 
 @register("mae")
 class MaskedInpainting(StrategyBase):
-    #: XunDJ: SwinUNETR on 64³ crops of 1/3-downsampled data; the rest assumed (AdamW, MAE-style masking)
-    defaults: dict[str, Any] = {
-        "backbone": "swinunetr",
-        "patch_size": [64, 64, 64],
-        "feature_size": 24,
-        "batch_size": 4,
-        "lr": 1e-4,
-        "weight_decay": 1e-5,
-        "warmup_steps": 500,
-        "mask_ratio": 0.6,
-        "mask_cube": 8,
-        "mask_value": 0.0,
-        "recon_loss": "mse",
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("mae")
     export_scope = "network"
 
     def loss(self, batch: torch.Tensor, step: int, meta: dict[str, Any] | None = None):

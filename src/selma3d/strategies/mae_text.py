@@ -24,7 +24,7 @@ from torch import nn
 from selma3d.augment import views as augment
 from selma3d.nets import models
 from selma3d.core.structures import STRUCTURE_CATEGORY
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, ema_update, embedding_std, make_teacher, masked_recon_loss, mlp, pool_features
 
 
@@ -98,38 +98,8 @@ class TextEncoder(nn.Module):
 
 @register("mae_text")
 class MaskedTextAligned(StrategyBase):
-    #: LSM foundation-model SwinUNETR config: 64³ (96³ resampled), feature 36, batch 16, lr 1e-4,
-    #: mask 0.3 of 8³ cubes (0.05 during warm-up), EMA 0.994, student/teacher temps 0.025/0.1,
-    #: embedding 512, CLIP temperature 0.1, weights distill 0.5 / recon 0.3 / align 0.05 / clip 0.3
-    defaults: dict[str, Any] = {
-        "backbone": "swinunetr",
-        "patch_size": [64, 64, 64],
-        "feature_size": 36,
-        "batch_size": 16,
-        "lr": 1e-4,
-        "weight_decay": 1e-5,
-        "warmup_steps": 500,
-        "mask_ratio": 0.3,
-        "mask_ratio_warmup": 0.05,
-        "mask_warmup_steps": 0,
-        "mask_cube": 8,
-        "mask_value": 0.0,
-        "recon_loss": "l1",
-        "ema_momentum": 0.994,
-        "student_temp": 0.025,
-        "teacher_temp": 0.1,
-        "embed_dim": 512,
-        "clip_temperature": 0.1,
-        "text_vocab": 4096,
-        "text_width": 128,
-        "text_layers": 2,
-        "text_max_len": 32,  # tokens read per caption (a real caption runs to ~70: raise it)
-        "w_distill": 0.5,
-        "w_recon": 0.3,
-        "w_align": 0.05,
-        "w_clip": 0.3,
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("mae_text")
     export_scope = "network"
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):

@@ -12,29 +12,14 @@ from typing import Any
 import torch
 
 from selma3d.augment import views as augment
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, embedding_std, mlp, nt_xent
 
 
 @register("simclr")
 class SimCLR(StrategyBase):
-    #: Attention U-Net after Wu; temperature 0.5 (SimCLR's small-batch value); rest assumed
-    defaults: dict[str, Any] = {
-        "backbone": "attention_unet",
-        "patch_size": [64, 64, 64],
-        "batch_size": 8,
-        "lr": 1e-4,
-        "weight_decay": 1e-6,
-        "warmup_steps": 500,
-        "temperature": 0.5,
-        "proj_hidden": 512,
-        "proj_dim": 128,
-        "crop_scale": [0.3, 1.0],
-        "blur_p": 0.5,
-        "blur_sigma": [0.1, 2.0],
-        "noise_std": 0.05,
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("simclr")
     needs_views = True
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):

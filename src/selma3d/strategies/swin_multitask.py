@@ -19,34 +19,14 @@ from torch import nn
 
 from selma3d.augment import views as augment
 from selma3d.nets import models
-from selma3d.core.structures import STRUCTURE_CATEGORY
-from selma3d.strategies import register
+from selma3d.strategies import register, team_defaults
 from selma3d.strategies._common import StrategyBase, UpsampleHead, embedding_std, mlp, nt_xent, pool_features
 
 
 @register("swin_multitask")
 class SwinMultiTask(StrategyBase):
-    #: Tang et al.: 96³ ROI, feature_size 48, AdamW lr 4e-4 / decay 0.1, warmup, contrastive
-    #: temperature 0.5, embedding 512, equal weights; masking fraction assumed
-    defaults: dict[str, Any] = {
-        "backbone": "swinunetr",
-        "patch_size": [96, 96, 96],
-        "feature_size": 48,
-        "batch_size": 4,
-        "lr": 4e-4,
-        "weight_decay": 0.1,
-        "warmup_steps": 500,
-        "mask_ratio": 0.3,
-        "mask_cube": 16,
-        "temperature": 0.5,
-        "embed_dim": 512,
-        "w_rot": 1.0,
-        "w_contrast": 1.0,
-        "w_recon": 1.0,
-        "w_class": 0.1,
-        "structure_classes": sorted(STRUCTURE_CATEGORY),
-        "seed": 0,
-    }
+    #: the team's settings: :data:`selma3d.strategies.defaults.TEAM_DEFAULTS` (torch-free)
+    defaults: dict[str, Any] = team_defaults("swin_multitask")
 
     def __init__(self, config: dict[str, Any], in_channels: int = 1):
         super().__init__(config, in_channels)

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from selma3d import io
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.labels import binarize_label
 from selma3d.core.overlap import dice
@@ -110,13 +111,35 @@ def scratch_model_config(model_cfg: dict[str, Any], scratch_net: dict | None = N
     """The net a run without pretraining trains: ``model_cfg``'s, or that of an SSL strategy.
 
     ``scratch_net`` names the strategy and its config block; its settings resolve exactly as
-    in pretraining, so ``scratch_<s>`` and ``<s>`` finetune the same architecture and patch size.
+    in pretraining (:func:`selma3d.training.runplan.strategy_net`), so ``scratch_<s>`` and ``<s>``
+    finetune the same architecture and patch size. Returns the complete network config.
     """
-    if not scratch_net:
-        return dict(model_cfg)
-    from selma3d.training.pretrain import resolve_strategy_config
+    from selma3d.training.runplan import SCRATCH, SCRATCH_PREFIX, strategy_net
 
-    return {**model_cfg, **resolve_strategy_config(scratch_net["strategy"], model_cfg, scratch_net.get("block") or {})}
+    if not scratch_net:
+        return strategy_net(SCRATCH, model_cfg)
+    name = scratch_net["strategy"]
+    return strategy_net(SCRATCH_PREFIX + name, model_cfg, {name: scratch_net.get("block") or {}})
+
+
+def finetune_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The ``finetune`` block with every key left out at the config schema's default."""
+    merged = {**schema_default("finetune"), **settings}
+    merged["loss"] = {**schema_default("finetune.loss"), **(merged.get("loss") or {})}
+    return merged
+
+
+def stored_network(payload: dict[str, Any]) -> dict[str, Any]:
+    """The network config saved beside weights (``encoder.pt``, ``model.pt``).
+
+    Runs of this version save it whole (``net``, or ``config`` of ``model.pt``); older ones saved
+    a whole strategy config, whose keys the network does not read are dropped here.
+    """
+    from selma3d.nets.spec import applicable, net_config, split_net_config
+
+    if payload.get("net"):
+        return net_config(payload["net"])
+    return net_config(applicable(split_net_config(payload["config"])[0]))
 
 
 def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, Any], settings: dict[str, Any],
@@ -128,10 +151,11 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     Args:
         manifest: the dataset's local manifest (train/val rows are read from it).
         split_csv: the label budget's cases (from :func:`selma3d.data.splits.draw_budget`).
-        model_cfg: network config (``selma3d.nets.models.build_segmentation_net``); when
-            ``pretrained`` is given, its stored config wins so names and shapes match.
-        settings: finetune config (recipe, steps, batch_size, optimizer, lr, loss, normalize,
-            val_every, ...; every key of the schema's ``finetune`` block).
+        model_cfg: the ``model`` block (network config, ``selma3d.nets.spec.net_config``); when
+            ``pretrained`` is given, the network pretraining built (stored with the weights) is
+            trained instead, so names and shapes match.
+        settings: the ``finetune`` block (recipe, steps, batch_size, optimizer, lr, loss,
+            normalize, val_every, ...); keys left out take the config schema's defaults.
         mode: ``full``, ``frozen`` or ``adapter``.
         scratch_net: for ``scratch_<s>`` runs, ``{"strategy": s, "block": <s's config block>}``:
             train ``s``'s network, randomly initialised, instead of ``model_cfg``'s.
@@ -146,11 +170,12 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 
     device = pick_device()
     seed_everything(seed)
+    settings = finetune_settings(settings)
     rec = R.resolve_recipe(settings, plan)
     legacy = rec["recipe"] == "legacy"
     norm, norm_stats = rec["normalize"], rec["normalize_stats"]
-    ignore_label = settings.get("ignore_label")
-    bg_values = tuple(settings.get("background_values", (0,)))
+    ignore_label = settings["ignore_label"]
+    bg_values = tuple(settings["background_values"])
     split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
     cases = [load_case(r, norm, ignore_label, bg_values, norm_stats) for _, r in split.iterrows()]
     table = read_manifest(manifest)
@@ -165,7 +190,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     loaded = 0
     if pretrained:
         payload = torch.load(pretrained, map_location="cpu", weights_only=False)
-        cfg = {**cfg, **payload["config"]}
+        cfg = stored_network(payload)
         if norm != "percentile":
             log.warning("pretraining normalised patches per case (percentile); finetuning uses %s", norm)
     cfg, plan_batch = R.plan_network(rec, cfg, trains_model_block=not pretrained and not scratch_net)
@@ -174,20 +199,20 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     if pretrained:
         loaded = load_pretrained(net, payload["weights"])
         log.info("loaded %d pretrained tensors from %s (%s)", loaded, pretrained, payload["strategy"])
-    net = apply_finetune_mode(net, mode, cfg.get("backbone", "unet")) or net
+    net = apply_finetune_mode(net, mode, cfg["backbone"]) or net
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = R.build_optimizer(params, rec)
-    losses_cfg = dict(settings.get("loss", {}))
-    default_loss = losses_cfg.pop("default", "dice_ce")
+    losses_cfg = dict(settings["loss"])
+    default_loss = losses_cfg.pop("default")
     loss_fns = {name: build_loss(name) for name in {default_loss, *losses_cfg.values()}}
     loss_fns = R.deep_supervision_losses(loss_fns, net)
-    roi = tuple(int(s) for s in cfg.get("patch_size", (96, 96, 96)))
-    steps, bs = int(settings.get("steps", 1000)), plan_batch or rec["batch_size"]
-    val_every = int(settings.get("val_every", 100))
+    roi = tuple(int(s) for s in cfg["patch_size"])
+    steps, bs = int(settings["steps"]), plan_batch or rec["batch_size"]
+    val_every = int(settings["val_every"])
     fg_prob = rec["foreground_oversample"]
-    precision = settings.get("precision", "auto")
-    val_overlap = float(settings.get("val_overlap", 0.25))
+    precision = settings["precision"]
+    val_overlap = float(settings["val_overlap"])
     batches = None if legacy else R.AugmentedBatches(cases, roi, bs, seed, fg_prob, rec["augmentation"])
 
     log.info("finetuning %s mode on %d cases (%s), val %d cases, %d steps, device %s, recipe %s (%s lr %g%s)",
@@ -252,9 +277,10 @@ def load_model(path: str | Path, device=None):
                             "the classical threshold baseline's parameters (strategy 'threshold'): "
                             "use selma3d.training.classical.predict")
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload["config"] = stored_network(payload)
     net = build_segmentation_net(payload["config"])
     if payload.get("mode") == "adapter":  # adapters add tensors the plain net lacks
-        apply_finetune_mode(net, "adapter", payload["config"].get("backbone"))
+        apply_finetune_mode(net, "adapter", payload["config"]["backbone"])
     net.load_state_dict(payload["state_dict"])
     net.to(device or pick_device()).eval()
     return net, payload

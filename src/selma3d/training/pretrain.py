@@ -18,18 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from selma3d import strategies
+from selma3d.config import schema_default
 from selma3d.core.atomic import atomic_path
+from selma3d.strategies import resolve_strategy_config  # noqa: F401  (the rule script imports it here)
 from selma3d.training.checkpoint import load_checkpoint, run_key, save_checkpoint
 from selma3d.training.sampling import PatchSampleDataset, StepBatchSampler, collate, read_patch_index
 from selma3d.training.runtime import autocast, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
-
-
-def resolve_strategy_config(name: str, model: dict, block: dict) -> dict:
-    """Strategy settings: the model block, then the team's defaults, then the config block."""
-    cls = strategies.get_strategy(name)
-    return {**model, **getattr(cls, "defaults", {}), **(block or {})}
 
 
 def warmup_cosine(optimizer, warmup: int, total: int):
@@ -45,16 +41,25 @@ def warmup_cosine(optimizer, warmup: int, total: int):
 
 
 def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Path], weights_out: str | Path,
-             curve_out: str | Path, steps: int, batch_size: int, seed: int = 0, num_workers: int = 0,
-             log_every: int = 10, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 500,
-             precision: str = "auto", extra_meta: dict | None = None, gpus: int = 1, shards: int | None = None,
-             channels_last: bool = False, compile: bool = False, pin_memory: bool | None = None,
+             curve_out: str | Path, steps: int, batch_size: int, seed: int = schema_default("seed"),
+             num_workers: int = schema_default("pretrain.num_workers"),
+             log_every: int = schema_default("pretrain.log_every"), checkpoint_dir: str | Path | None = None,
+             checkpoint_every: int = schema_default("pretrain.checkpoint_every"),
+             precision: str = schema_default("pretrain.precision"), extra_meta: dict | None = None,
+             gpus: int = schema_default("pretrain.gpus"), shards: int | None = schema_default("pretrain.shards"),
+             channels_last: bool = schema_default("pretrain.channels_last"),
+             compile: bool = schema_default("pretrain.compile"),
+             pin_memory: bool | None = schema_default("pretrain.pin_memory"),
              find_unused_parameters: bool = True, ddp_log_dir: str | Path | None = None) -> Path:
     """Pretrain one strategy on patchify's output and export its encoder weights.
 
     Args:
         strategy: registry name (``selma3d.strategies.available()``).
-        config: resolved strategy settings (see :func:`resolve_strategy_config`).
+        config: strategy settings (:func:`selma3d.strategies.resolve_strategy_config`); the
+            strategy fills in its team defaults, and the patch size, lr, weight decay and
+            warmup are read from the result (``Strategy.config``, ``Strategy.net_config``).
+        seed, num_workers, log_every, checkpoint_every, precision, gpus, shards, channels_last,
+        compile, pin_memory: default to the config schema's (``selma3d.config.schema_default``).
         patch_indexes: patchify index CSVs (their stores sit beside them).
         weights_out: ``{"strategy", "config", "weights"}`` written here atomically.
         curve_out: CSV of step, loss and the strategy's loss components.
@@ -90,13 +95,13 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=float(config.get("lr", 1e-4)),
-                                  weight_decay=float(config.get("weight_decay", 1e-5)))
-    scheduler = warmup_cosine(optimizer, int(config.get("warmup_steps", min(100, steps // 10))), steps)
+    settings = model.config  # the team defaults filled in
+    optimizer = torch.optim.AdamW(params, lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"]))
+    scheduler = warmup_cosine(optimizer, int(settings["warmup_steps"]), steps)
 
     index = read_patch_index(patch_indexes)
-    patch_size = tuple(config.get("patch_size", (96, 96, 96)))
-    dataset = PatchSampleDataset(index, patch_size, config.get("normalize", "percentile"))
+    patch_size = tuple(model.net_config["patch_size"])  # the size the network was built for
+    dataset = PatchSampleDataset(index, patch_size, settings.get("normalize", "percentile"))
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     key = run_key(strategy=strategy, config=config, steps=steps, batch_size=batch_size, seed=seed,
                   shards=shards, indexes=sorted(Path(p).name for p in patch_indexes))
@@ -192,7 +197,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
         if not weights:
             raise RuntimeError(f"strategy {strategy!r} exported no encoder weights")
         with atomic_path(weights_out) as tmp:
-            torch.save({"strategy": strategy, "config": config, "weights": weights, "steps": steps,
+            torch.save({"strategy": strategy, "config": config, "net": model.net_config, "weights": weights, "steps": steps,
                         "shards": n_shards, "batch_size": batch_size, "seed": seed}, tmp)
         _write_curve(curve_out, curve_rows)
         log.info("exported %d encoder tensors to %s", len(weights), weights_out)

@@ -15,6 +15,7 @@ shape the plan beyond the plain product strategies × modes × budgets × seeds:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from selma3d import strategies
@@ -40,19 +41,39 @@ def is_pretrained(strategy: str) -> bool:
     return strategy not in (SCRATCH, THRESHOLD) and scratch_reference(strategy) is None
 
 
-def strategy_backbone(strategy: str, config: dict[str, Any]) -> str:
-    """The backbone a finetuning strategy trains: its config block's, else the class default.
+def strategy_net(strategy: str, model: Mapping[str, Any], blocks: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The network a strategy trains: the one resolution pretraining, finetuning and
+    ``selma3d config show`` share.
 
-    Mirrors ``selma3d.training.pretrain.resolve_strategy_config`` (model block < class defaults <
-    strategy block); ``scratch`` uses the ``model`` block.
+    ``scratch`` trains the ``model`` block's net; an SSL strategy and ``scratch_<s>`` the net of
+    ``<s>``'s settings (``model`` block < team defaults < ``blocks[<s>]``,
+    :func:`selma3d.strategies.resolve_strategy_config`). Returns the complete
+    ``selma3d.nets.spec.net_config``; a key the backbone does not read is an error naming it.
     """
-    if strategy == THRESHOLD:
-        return "classical"
+    from selma3d.nets.spec import net_config
+
+    if strategy == THRESHOLD:  # the classical baseline trains no network
+        return {"backbone": "classical"}
+    if strategy == SCRATCH:
+        return net_config(dict(model or {}), where="model")
     name = scratch_reference(strategy) or strategy
-    if name == SCRATCH:
-        return config["model"].get("backbone", "unet")
-    block = config.get("pretrain", {}).get(name) or {}
-    return block.get("backbone") or strategies.default_backbone(name)
+    settings = strategies.resolve_strategy_config(name, model, (blocks or {}).get(name))
+    return strategies.strategy_network(name, settings)
+
+
+def pretrain_network(strategy: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The network an SSL strategy pretrains under ``config`` (and exports to finetuning)."""
+    return strategy_net(strategy, config["model"], config.get("pretrain") or {})
+
+
+def finetune_network(strategy: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The network a finetuning strategy (``scratch``, ``<s>``, ``scratch_<s>``) trains under ``config``."""
+    return strategy_net(strategy, config["model"], config.get("pretrain") or {})
+
+
+def strategy_backbone(strategy: str, config: Mapping[str, Any]) -> str:
+    """The backbone a finetuning strategy trains (:func:`finetune_network`)."""
+    return finetune_network(strategy, config)["backbone"]
 
 
 def modes_for(strategy: str, config: dict[str, Any]) -> list[str]:
