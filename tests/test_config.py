@@ -36,8 +36,12 @@ CHALLENGE = {
     "swin_multitask": ("swinunetr", [96] * 3, "feature_size", 48),
     "dino": ("vit", [128] * 3, "hidden_size", 384),
 }
+CLASSICAL = ("classical",)  # the threshold baseline trains no network
+TINY_UNET = ("unet", [32] * 3, "features", [8, 8, 16, 32, 64, 8])
 EXPECTED = {
-    "config.yaml": {s: UNET_32 for s in ("scratch", "mae", "byol", "simclr")},
+    "config.yaml": {**{s: UNET_32 for s in ("scratch", "mae", "byol", "simclr")}, "threshold": CLASSICAL},
+    "tiny.yaml": {"scratch": TINY_UNET, "mae": TINY_UNET},
+    "real_selma.yaml": {**{s: UNET_32 for s in ("scratch", "swin_multitask", "mae_text")}, "threshold": CLASSICAL},
     "custom.yaml": {s: UNET_32 for s in ("scratch", "mae")},
     "real_cfos.yaml": {**{s: UNET_32 for s in ("scratch", "mae", "byol", "simclr", "swin_multitask", "mae_text")},
                        "dino": SMALL_VIT, "scratch_dino": SMALL_VIT},
@@ -83,6 +87,9 @@ def test_every_strategy_gets_the_network_expected_of_its_config(name):
     nets = C.resolved_networks(load(name))
     got = {}
     for s, n in nets["finetune"].items():
+        if n["backbone"] == "classical":
+            got[s] = CLASSICAL
+            continue
         key = EXPECTED[name][s][2] if s in EXPECTED[name] else "backbone"
         got[s] = (n["backbone"], n["patch_size"], key, n[key])
     assert got == EXPECTED[name]
@@ -91,7 +98,8 @@ def test_every_strategy_gets_the_network_expected_of_its_config(name):
         if s in nets["finetune"]:
             assert nets["pretrain"][s] == nets["finetune"][s], s
     for s, n in nets["finetune"].items():
-        assert n == spec.net_config(n), s  # complete: every key the backbone reads
+        if n["backbone"] != "classical":
+            assert n == spec.net_config(n), s  # complete: every key the backbone reads
 
 
 def test_2026_configs_pretrain_mae_on_swinunetr_not_the_demo_unet():
@@ -335,3 +343,12 @@ def test_validation_engines_and_override_parsing_agree_with_snakemake():
         C.validate({"infer": {"overlap": 1.5}}, "snakemake")
     with pytest.raises(ValueError, match=r"infer\.overlap.*exclusiveMaximum"):
         C.validate({"infer": {"overlap": 1.5}}, "jsonschema")
+
+
+def test_library_defaults_equal_the_validators_defaults():
+    """selma3d.core.schema fills defaults without jsonschema (it runs in every env); it must agree
+    with both validators the workflow and the CLI use."""
+    from selma3d import config
+    from selma3d.core.schema import schema_defaults
+
+    assert schema_defaults() == config.validate({}, engine="jsonschema") == config.validate({}, engine="snakemake")

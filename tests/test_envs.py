@@ -31,7 +31,11 @@ CONDA_NAME = {
 #: conda package name -> pip package name (where they differ)
 PIP_NAME = {"pytorch": "torch", "matplotlib-base": "matplotlib"}
 #: modules a rule may import without a pin of their own: they come with a pinned package
-BUNDLED = {"snakemake"}  # the rule's runner itself: Snakemake provides the `snakemake` object
+BUNDLED = {
+    "snakemake",  # the rule's runner: Snakemake provides the `snakemake` object
+    # selma3d.config validates with Snakemake's validator when it is importable, else jsonschema
+    "snakemake_interface_common",
+}
 
 
 def rules() -> dict[str, dict[str, str]]:

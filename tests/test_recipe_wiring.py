@@ -191,10 +191,10 @@ def test_plan_calibration_and_infer_apply_per_structure_postprocessing(data, tmp
     plan = read_plan(tmp_path / "plan.json")
     assert plan["normalization"] == "zscore" and plan["network"]["filters"][0] == 4
     assert plan["foreground_oversample"] == {"blood_vessel": 0.33, "cfos_neuron": 0.9}
-    from selma3d.reporting.tables import write_config_report
+    from selma3d.reporting.tables import write_plan_report
 
-    write_config_report(cfg, tmp_path / "config.yaml", tmp_path / "config.html", plan=tmp_path / "plan.json")
-    page = (tmp_path / "config.html").read_text()
+    write_plan_report(tmp_path / "plan.json", cfg, tmp_path / "plan.html")
+    page = (tmp_path / "plan.html").read_text()
     assert "Training plan" in page and "zscore" in page and "Used by finetuning" in page
     model = {**TINY_DYN, "patch_size": [32, 32, 32]}  # the plan's patch wins for a dynunet scratch run
     settings = finetune_settings(steps=2, val_every=2, batch_size=2)

@@ -83,5 +83,6 @@ def test_threshold_baseline_is_planned_without_pretraining_in_mode_full_only():
     runs = runplan.finetune_runs(cfg)
     assert {m for s, m, _, _ in runs if s == "threshold"} == {"full"}
     assert not runplan.is_pretrained("threshold") and runplan.scratch_reference("threshold") is None
-    with pytest.raises(ValueError, match="'threshold'"):
-        runplan.check_strategies({**cfg, "finetune": {**cfg["finetune"], "modes": ["frozen"]}})
+    frozen = {**cfg, "finetune": {**cfg["finetune"], "modes": ["frozen"]}}
+    runplan.check_strategies(frozen)  # no network to freeze: still the one classical run, as full
+    assert {(s, m) for s, m, _, _ in runplan.finetune_runs(frozen)} == {("scratch", "frozen"), ("threshold", "full")}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import json
 import re
 import sys
@@ -30,7 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+from selma3d.core.schema import SCHEMA_PATH, load_schema, schema_default, schema_defaults  # noqa: F401
+
 #: the embedded synthetic demo, relative to the workflow's directory: loaded only without --configfile
 DEMO_CONFIG = Path("config") / "config.yaml"
 
@@ -130,18 +130,6 @@ def _bool(text: str) -> bool:
 # -- schema: defaults and validation ---------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def _schema_text() -> str:
-    return SCHEMA_PATH.read_text(encoding="utf-8")
-
-
-def load_schema() -> dict[str, Any]:
-    """The config schema (a fresh copy)."""
-    import yaml
-
-    return yaml.safe_load(_schema_text())
-
-
 def _default_filling_validator(schema: dict):
     """jsonschema's 2020-12 validator that fills ``default`` values in, as Snakemake's
     ``validate(set_default=True)`` does (defaults set before a block's properties are checked)."""
@@ -194,30 +182,6 @@ def validate(config: dict[str, Any], engine: str = "auto") -> dict[str, Any]:
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         raise ValueError(f"config: {where}: {err.message} (schema rule {err.validator!r})") from err
     return config
-
-
-@functools.lru_cache(maxsize=1)
-def _defaults() -> dict[str, Any]:
-    return validate({}, engine="jsonschema")
-
-
-def schema_defaults() -> dict[str, Any]:
-    """The config every key of which is the schema's default (a fresh copy)."""
-    return copy.deepcopy(_defaults())
-
-
-def schema_default(path: str) -> Any:
-    """The schema's default of one key, by dotted path (``"finetune.steps"``); a fresh copy.
-
-    Library functions that take a config value read their default here, so the schema is the
-    only place defaults are written.
-    """
-    node: Any = _defaults()
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"the config schema has no default for {path!r}")
-        node = node[part]
-    return copy.deepcopy(node)
 
 
 # -- resolution ------------------------------------------------------------------------------

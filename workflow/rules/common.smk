@@ -181,7 +181,7 @@ def report_outputs():
     out = [p for n in names for p in _fig(n)]
     out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
     out += table_pages()
-    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html", PLAN]
+    out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html", f"{RESULTS}/report/plan.html"]
     return out
 
 

@@ -129,8 +129,6 @@ rule tables:
 
 
 rule report_config:
-    input:
-        plan=PLAN,
     output:
         yaml=f"{RESULTS}/report/config.yaml",
         html=report(
@@ -142,9 +140,34 @@ rule report_config:
         ),
     log:
         f"{RESULTS}/logs/report_config.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report_config.tsv"
     params:
         config=config,
     conda:
         "../../envs/core.yaml"
     script:
         "../scripts/report_config.py"
+
+
+rule report_plan:
+    input:
+        plan=rules.plan.output.plan,
+    output:
+        html=report(
+            f"{RESULTS}/report/plan.html",
+            caption="../report/plan.rst",
+            category="5. Configuration",
+            subcategory="Training plan",
+            labels={"file": "training plan"},
+        ),
+    log:
+        f"{RESULTS}/logs/report_plan.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report_plan.tsv"
+    params:
+        config=config,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/report_plan.py"

@@ -1,5 +1,5 @@
-"""Rule report_config: the effective config and every strategy's network (the same YAML as
-`selma3d config show`), with the training plan, for the report."""
+"""Rule report_config: the effective config and every strategy's network for the report (the
+same YAML as `selma3d config show`)."""
 
 from selma3d.core.logs import start_rule
 
@@ -7,5 +7,4 @@ start_rule(snakemake)
 
 from selma3d.reporting.tables import write_config_report  # noqa: E402
 
-write_config_report(snakemake.params.config, snakemake.output.yaml, snakemake.output.html,
-                    plan=snakemake.input.get("plan"))
+write_config_report(snakemake.params.config, snakemake.output.yaml, snakemake.output.html)

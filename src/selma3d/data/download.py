@@ -42,7 +42,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.core.hashing import CHUNK, sha256_file

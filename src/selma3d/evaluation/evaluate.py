@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.io import MHA_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, case_name, read_volume

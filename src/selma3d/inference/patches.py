@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from selma3d import io
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.data.manifest import read_manifest
 from selma3d.training.runtime import pick_device

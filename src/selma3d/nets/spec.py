@@ -65,7 +65,7 @@ NET_KEYS = frozenset(COMMON_KEYS).union(*NET_DEFAULTS.values())
 
 def common_defaults() -> dict[str, Any]:
     """``backbone`` and ``patch_size`` from the schema's ``model`` block, plus 1 in / 1 out channel."""
-    from selma3d.config import schema_default
+    from selma3d.core.schema import schema_default
 
     return {"backbone": schema_default("model.backbone"), "patch_size": schema_default("model.patch_size"),
             "in_channels": 1, "out_channels": 1}

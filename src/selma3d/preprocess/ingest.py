@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
 from selma3d.core.text import format_spacing

@@ -377,29 +377,32 @@ def plan_summary(plan: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path,
-                        plan: str | Path | None = None) -> list[Path]:
+def write_config_report(config: dict, yaml_out: str | Path, html_out: str | Path) -> list[Path]:
     """The effective config of the run (schema defaults filled in) and every strategy's network
-    (``resolved_networks``) as YAML and as an HTML page: the YAML is ``selma3d config show``'s.
-    The page adds the training plan (``plan.json`` of the ``plan`` rule) when given."""
-    import json
-
+    (``resolved_networks``) as YAML and as an HTML page: the YAML is ``selma3d config show``'s."""
     from selma3d.config import report_yaml
 
     text = report_yaml(config)
-    plan_html = ""
-    if plan:
-        data = json.loads(Path(plan).read_text())
-        cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in plan_summary(data))
-        used = config.get("plan", {}).get("enabled") and config.get("finetune", {}).get("recipe") == "nnunet"
-        note = ("Used by finetuning (recipe nnunet, plan.enabled)." if used
-                else "Not used by finetuning (needs finetune.recipe nnunet and plan.enabled).")
-        raw = html.escape(json.dumps(data, indent=2))
-        plan_html = ("<h2>Training plan (dataset fingerprint of the train split)</h2>"
-                     f"<p>{note} File: {html.escape(str(plan))}</p><table>{cells}</table>"
-                     f"<details><summary>plan.json</summary><pre>{raw}</pre></details>")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>config</title>{_STYLE}</head><body>"
             "<h2>Configuration used (defaults from the schema filled in; resolved_networks: the network "
             "each strategy pretrains and finetunes)</h2>"
-            f"<pre>{html.escape(text)}</pre>{plan_html}</body></html>")
+            f"<pre>{html.escape(text)}</pre></body></html>")
     return [_write_text(yaml_out, text), _write_text(html_out, page)]
+
+
+def write_plan_report(plan: str | Path, config: dict, html_out: str | Path) -> Path:
+    """The training plan (``plan.json`` of the ``plan`` rule) as an HTML page, saying whether
+    finetuning uses it under ``config``."""
+    import json
+
+    data = json.loads(Path(plan).read_text())
+    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in plan_summary(data))
+    used = config.get("plan", {}).get("enabled") and config.get("finetune", {}).get("recipe") == "nnunet"
+    note = ("Used by finetuning (recipe nnunet, plan.enabled)." if used
+            else "Not used by finetuning (needs finetune.recipe nnunet and plan.enabled).")
+    raw = html.escape(json.dumps(data, indent=2))
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>plan</title>{_STYLE}</head><body>"
+            "<h2>Training plan (dataset fingerprint of the train split)</h2>"
+            f"<p>{note} File: {html.escape(str(plan))}</p><table>{cells}</table>"
+            f"<details><summary>plan.json</summary><pre>{raw}</pre></details></body></html>")
+    return _write_text(html_out, page)

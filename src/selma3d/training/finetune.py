@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from selma3d import io
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.core.labels import binarize_label
 from selma3d.core.overlap import dice

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from selma3d import strategies
-from selma3d.config import schema_default
+from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.strategies import resolve_strategy_config  # noqa: F401  (the rule script imports it here)
 from selma3d.training.checkpoint import load_checkpoint, run_key, save_checkpoint
