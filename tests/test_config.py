@@ -352,3 +352,13 @@ def test_library_defaults_equal_the_validators_defaults():
     from selma3d.core.schema import schema_defaults
 
     assert schema_defaults() == config.validate({}, engine="jsonschema") == config.validate({}, engine="snakemake")
+
+
+def test_strategy_names_come_from_the_registry_not_the_schema():
+    """The schema lists no strategy names; the registry decides, before any job."""
+    from selma3d import strategies
+
+    text = C.SCHEMA_PATH.read_text()
+    assert not any(f"{s}|" in text or f"[{s}," in text for s in strategies.available())
+    with pytest.raises(ValueError, match=r"pretrain.strategies lists \['mea'\].*registry"):
+        C.load_config([REPO / "config" / "tiny.yaml"], overrides={"pretrain": {"strategies": ["mea"]}})

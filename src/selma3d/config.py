@@ -233,8 +233,11 @@ def finish(config: dict[str, Any], engine: str = "auto") -> dict[str, Any]:
     a config file) is output, not a setting: it is dropped after checking that it is what the
     config resolves to, so such a file reruns the same run and an edited one fails loudly.
     """
+    from selma3d.training import runplan
+
     shown = config.pop("resolved_networks", None)
     validate(config, engine=engine)
+    runplan.check_strategies(config)  # names against the strategy registry (the schema lists none)
     networks = resolved_networks(config)
     if shown is not None and _plain(shown) != networks:
         raise ValueError("config: resolved_networks is printed by `selma3d config show`, not a setting, and it "

@@ -102,6 +102,10 @@ def check_strategies(config: dict[str, Any]) -> None:
     """Fail before any job when finetuning names a strategy nothing provides, or no mode fits one."""
     known_ssl = strategies.available()
     pretrained = config["pretrain"]["strategies"]
+    unknown = [s for s in pretrained if s not in known_ssl]
+    if unknown:
+        raise ValueError(f"config: pretrain.strategies lists {unknown}, which the strategy registry does not "
+                         f"know; known: {known_ssl}")
     for s in config["finetune"]["strategies"]:
         ref = scratch_reference(s)
         if s in (SCRATCH, THRESHOLD):
