@@ -14,6 +14,10 @@ COMMANDS = {
     "download": ("selma3d.data.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
     "predict": ("selma3d.inference.volume", "segment a whole volume block-wise with a trained model"),
     "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
+    "export-algorithm": ("selma3d.inference.export",
+                         "export a finetuned run as a SELMA3D challenge algorithm (Docker build folder)"),
+    "check-algorithm": ("selma3d.inference.check",
+                        "run an exported algorithm locally (no Docker) and check its outputs against the pipeline"),
 }
 
 
