@@ -41,6 +41,7 @@ include: "workflow/rules/infer.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/submission.smk"
 
 
 rule all:

@@ -15,6 +15,10 @@ COMMANDS = {
     "predict": ("selma3d.inference.volume", "segment a whole volume block-wise with a trained model"),
     "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
     "config": ("selma3d.config", "show the resolved config and every strategy's network (config show)"),
+    "export-algorithm": ("selma3d.inference.export",
+                         "export a finetuned run as a SELMA3D challenge algorithm (Docker build folder)"),
+    "check-algorithm": ("selma3d.inference.check",
+                        "run an exported algorithm locally (no Docker) and check its outputs against the pipeline"),
 }
 
 

@@ -29,7 +29,7 @@ import torch
 from selma3d import io
 from selma3d.core.atomic import atomic_path
 from selma3d.core.labels import binarize_label
-from selma3d.data.manifest import annotated_pairs, read_manifest
+from selma3d.data.manifest import annotated_pairs, label_rule, read_manifest
 from selma3d.training.runtime import pick_device
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,16 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
         return {}
     device = pick_device()
     net, payload = load_model(model_path, device)
-    roi = tuple(int(s) for s in payload["config"].get("patch_size", (96, 96, 96)))
+    roi = tuple(int(s) for s in payload["config"]["patch_size"])
     mirror = tuple(int(a) for a in settings["mirror_axes"])
     probs, labels, ignores, groups = [], [], [], []
     for _, row in pairs.iterrows():
         data = np.asarray(io.read_volume(row["image"]).data, dtype=np.float32)
-        norm = normalize_image(data, payload.get("normalize", "percentile"), payload.get("normalize_stats"))
+        norm = normalize_image(data, payload["normalize"], payload.get("normalize_stats"))
         probs.append(probability(net, norm, roi, device, float(settings["overlap"]), int(settings["sw_batch_size"]),
                                  settings["blend"], mirror))
-        fg, ign = binarize_label(io.read_volume(row["label"]).data, payload.get("ignore_label"),
-                                 tuple(payload.get("background_values", (0,))))
+        rule = label_rule(row, payload.get("ignore_label"), tuple(payload.get("background_values", (0,))))
+        fg, ign = binarize_label(io.read_volume(row["label"]).data, *rule)  # the row's own rule wins
         labels.append(fg.astype(bool)), ignores.append(ign), groups.append(str(row[per]))
     chosen = select_per_structure(probs, labels, groups, ignores, thresholds=pp["thresholds"],
                                   min_sizes=pp["min_sizes"])
