@@ -32,8 +32,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(recipe: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, float]:
-    out = workdir / f"{recipe}_s{seed}"
+def run(variant: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, float]:
+    """One workflow run: ``variant`` is a recipe (``legacy``, ``nnunet``) or ``recipe:optimizer``."""
+    recipe, _, optimizer = variant.partition(":")
+    out = workdir / f"{variant.replace(':', '_')}_s{seed}"
     override = {
         "results_dir": str(out),
         "pretrain": {"strategies": []},
@@ -42,25 +44,29 @@ def run(recipe: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, floa
         "infer": {"overlap": args.overlap, "mirror_axes": list(args.mirror_axes)},
         "evaluate": {"protocols": ["selma3d2026"], "workers": 1},
     }
+    if optimizer:
+        override["finetune"]["optimizer"] = optimizer
     if recipe == "legacy" and args.legacy_inference:
         override["infer"].update({"mirror_axes": [], "postprocess": {"select_on_validation": False}})
-    cfg = workdir / f"{recipe}_s{seed}.yaml"
+    cfg = workdir / f"{variant.replace(':', '_')}_s{seed}.yaml"
     cfg.write_text(yaml.safe_dump(override))
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
            str(REPO / "config" / "real_selma.yaml"), str(cfg)]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if res.returncode != 0:
-        sys.exit(f"{recipe} seed {seed} failed:\n{res.stderr[-4000:]}")
+        sys.exit(f"{variant} seed {seed} failed:\n{res.stderr[-4000:]}")
     wall = time.perf_counter() - t0
     cases = pd.read_csv(out / "leaderboard" / "cases.csv", dtype={"budget": str})
-    cases["recipe"], cases["seed"] = recipe, seed
+    cases["recipe"], cases["seed"] = variant, seed
     return cases, wall
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=["legacy", "nnunet"],
+                    help="recipes, or recipe:optimizer (e.g. nnunet:adamw: the nnunet recipe with AdamW)")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--mirror-axes", type=int, nargs="*", default=[0, 1, 2])
@@ -73,21 +79,21 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         frames, walls = [], {}
         for seed in args.seeds:
-            for recipe in ("legacy", "nnunet"):
-                cases, walls[f"{recipe}_s{seed}"] = run(recipe, seed, args, workdir)
+            for variant in args.variants:
+                cases, walls[f"{variant}_s{seed}"] = run(variant, seed, args, workdir)
                 frames.append(cases)
-                print(f"{recipe} seed {seed}: {walls[f'{recipe}_s{seed}'] / 60:.1f} min", flush=True)
+                print(f"{variant} seed {seed}: {walls[f'{variant}_s{seed}'] / 60:.1f} min", flush=True)
     cases = pd.concat(frames, ignore_index=True)
     cases["method"] = cases.apply(lambda r: "threshold" if r.strategy == "threshold" else f"scratch ({r.recipe})",
                                   axis=1)
-    cases = cases[~((cases.strategy == "threshold") & (cases.recipe == "nnunet"))]  # one threshold fit per seed
+    cases = cases[~((cases.strategy == "threshold") & (cases.recipe != args.variants[0]))]  # one threshold fit per seed
     metrics = [m for m in ("dice", "cldice", "pq") if m in cases]
     per_seed = cases.groupby(["method", "structure", "seed"])[metrics].mean()
     table = per_seed.groupby(["method", "structure"]).agg(["mean", "std"])
     stamp = datetime.date.today().isoformat()
     machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, {args.cores} cores)"
     lines = [f"# Finetuning recipe on real_selma validation ({stamp}, {machine})", "",
-             f"seeds {args.seeds}, {args.steps} optimizer steps, infer overlap {args.overlap}, "
+             f"variants {args.variants}, seeds {args.seeds}, {args.steps} optimizer steps, infer overlap {args.overlap}, "
              f"mirror axes {args.mirror_axes}; mean ± std over seeds of the per-structure mean", "",
              "| method | structure | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for (method, structure), row in table.iterrows():
