@@ -85,7 +85,7 @@ def test_custom_axon_config_runs_end_to_end_on_the_partially_annotated_volume(tm
     fast = {"results_dir": str(tmp_path / "r"),
             "pretrain": {"steps": 3, "batch_size": 2, "num_workers": 0},
             "finetune": {"steps": 8, "val_every": 8, "batch_size": 2, "lr": 0.003},
-            "infer": {"overlap": 0.25, "sw_batch_size": 2}}
+            "infer": {"overlap": 0.25, "sw_batch_size": 2, "mirror_axes": []}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
     res = subprocess.run([sys.executable, "-m", "snakemake", "all", "--nolock", "--profile", "profiles/local",
                           "--cores", "2", "--configfile", "config/custom.yaml", str(tmp_path / "fast.yaml")],

@@ -172,7 +172,7 @@ def test_real_selma_runs_end_to_end_with_every_structure_on_the_leaderboard(tmp_
             "pretrain": {"strategies": ["mae_text"], "steps": 2, "batch_size": 2,
                          "mae_text": dict(tiny, warmup_steps=1, text_max_len=80)},
             "finetune": {"strategies": ["scratch", "mae_text"], "steps": 2, "val_every": 2},
-            "infer": {"overlap": 0.25, "sw_batch_size": 8}}
+            "infer": {"overlap": 0.25, "sw_batch_size": 8, "mirror_axes": []}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
     res = subprocess.run([sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", "2",
                           "--configfile", "config/real_selma.yaml", str(tmp_path / "fast.yaml")],

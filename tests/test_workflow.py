@@ -174,7 +174,7 @@ def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
             "pretrain": {"strategies": ["mae"], "steps": 4, "batch_size": 2, "num_workers": 0},
             "finetune": {"strategies": ["scratch", "mae"], "steps": 30, "val_every": 15, "batch_size": 2,
                          "lr": 0.003},
-            "infer": {"overlap": 0.25}}
+            "infer": {"overlap": 0.25, "mirror_axes": []}}  # TTA is tested on its own (test_recipe*)
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
     res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
                     "--configfile", "config/real_cfos.yaml", str(tmp_path / "fast.yaml"))
