@@ -323,6 +323,11 @@ def test_best_run_follows_the_edition_ranking():
     assert best24["protocol"] == "selma3d2024" and best24["run_id"] == "B/full/ball_s1"
     with pytest.raises(InputError, match="selma3d2024"):
         best_run(cases[cases.protocol == "selma3d2026"], 2024)
+    # the classical baseline, however good, is never the run put in a container
+    classical = cases[(cases.strategy == "B") & (cases.seed == 1)].assign(strategy="threshold", seed=0)
+    assert best_run(pd.concat([cases[cases.strategy == "A"], classical]), 2026)["strategy"] == "A"
+    with pytest.raises(InputError, match="network run"):
+        best_run(classical, 2026)
 
 
 def test_submission_is_a_target_of_its_own(tmp_path):

@@ -92,10 +92,17 @@ def best_run(cases: pd.DataFrame, year: int | str) -> dict:
     Returns:
         ``{"strategy", "mode", "budget", "seed", "run_id", "protocol", "final_rank", "place",
         "runs_ranked", "seed_rank", "seeds"}``; ties go to the first in (strategy, mode, budget)
-        order, and to the lowest seed.
+        order, and to the lowest seed. ``threshold`` runs (the classical baseline) are not
+        candidates: the container exports a network.
     """
+    from selma3d.training.runplan import THRESHOLD
+
     protocol = protocol_of(year)
     cases = _cases_for(cases, protocol)
+    # the classical baseline is every leaderboard's reference, not a network to put in a container
+    cases = cases[cases["strategy"].astype(str) != THRESHOLD]
+    if cases.empty:
+        raise InputError(None, "a network run (any strategy but 'threshold') in the leaderboard", "none")
     ranked = rank_runs(cases, protocol)
     top = ranked.iloc[0]
     key = {k: top[k] for k in RUN_KEYS}
