@@ -47,3 +47,20 @@ def finetune_settings(**overrides) -> dict:
     """The finetune rule's ``settings`` param (the finetune block minus the run lists), defaults filled."""
     block = schema_config({"finetune": overrides})["finetune"]
     return {k: v for k, v in block.items() if k not in ("strategies", "modes", "budgets", "seeds")}
+
+
+def blob_volume(seed: int, gain: float, offset: float, n: int = 8, shape=(32, 32, 32), margin: float = 4):
+    """A noisy image of ``n`` Gaussian blobs (radius 1.5–2.5 voxels) and their ground truth: a
+    spot-like structure whose brightness (``gain``, ``offset``) differs like between brains."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    gt = np.zeros(shape, bool)
+    signal = np.zeros(shape, np.float32)
+    for _ in range(n):
+        c = rng.uniform(margin, np.array(shape) - margin)
+        r = rng.uniform(1.5, 2.5)
+        d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+        gt |= d2 <= r**2
+        signal += np.exp(-d2 / (2 * r**2)).astype(np.float32)
+    img = offset + gain * (signal + 0.08 * rng.normal(size=shape).astype(np.float32))
+    return img.astype(np.float32), gt

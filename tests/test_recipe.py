@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import blob_volume
 
 from selma3d import io
 from selma3d.nets import dynunet as D
@@ -329,18 +330,7 @@ def test_threshold_and_min_size_selection_finds_the_known_best():
 
 
 def _blob_volume(seed, gain, offset, n=8, shape=(32, 32, 32)):
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    gt = np.zeros(shape, bool)
-    signal = np.zeros(shape, np.float32)
-    for _ in range(n):
-        c = rng.uniform(4, np.array(shape) - 4)
-        r = rng.uniform(1.5, 2.5)
-        d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
-        gt |= d2 <= r**2
-        signal += np.exp(-d2 / (2 * r**2)).astype(np.float32)
-    img = offset + gain * (signal + 0.08 * rng.normal(size=shape).astype(np.float32))
-    return img.astype(np.float32), gt
+    return blob_volume(seed, gain, offset, n=n, shape=shape, margin=4)
 
 
 def test_classical_threshold_fits_per_case_and_beats_a_raw_global_threshold(tmp_path):

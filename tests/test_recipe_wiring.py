@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import finetune_settings, schema_config, schema_path
+from helpers import finetune_settings, schema_config, schema_path, blob_volume
 from selma3d import io
 
 SPACING = (2.0, 1.0, 1.0)
@@ -23,18 +23,7 @@ INFER = {"overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian", "mirror_axes"
 
 
 def _blobs(seed, gain, offset, n=6, shape=(16, 32, 32)):
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    gt = np.zeros(shape, bool)
-    signal = np.zeros(shape, np.float32)
-    for _ in range(n):
-        c = rng.uniform(3, np.array(shape) - 3)
-        r = rng.uniform(1.5, 2.5)
-        d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
-        gt |= d2 <= r**2
-        signal += np.exp(-d2 / (2 * r**2)).astype(np.float32)
-    img = offset + gain * (signal + 0.08 * rng.normal(size=shape).astype(np.float32))
-    return img.astype(np.float32), gt
+    return blob_volume(seed, gain, offset, n=n, shape=shape, margin=3)
 
 
 @pytest.fixture(scope="module")
