@@ -106,7 +106,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"recipe_{stamp}.md").write_text("\n".join(lines) + "\n")
     (out / f"recipe_{stamp}.json").write_text(json.dumps({
-        "date": stamp, "machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "date": stamp, "machine": machine, "args": {k: v for k, v in vars(args).items() if k != "keep"},  # no machine paths in results
         "wall_s": walls, "cases": cases.drop(columns=[c for c in cases if c.startswith("Unnamed")]).to_dict("records"),
     }, indent=1, default=str))
     print("\n".join(lines))
