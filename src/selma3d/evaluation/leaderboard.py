@@ -170,6 +170,44 @@ def build_table(cases: pd.DataFrame, protocol: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def group_ranks(table: pd.DataFrame, protocol: str, what: str) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """Rank the runs of a ``build_table`` table per (group, metric) of ``protocol`` and average
+    the ranks within each group.
+
+    1 = best (Dice, clDice, PQ higher is better; Betti errors lower); ties share the average
+    rank; a NaN mean ranks last. Returns the per-run rank columns (``rank_<group>_<metric>``,
+    ``rank_<group>``) and the mean rank of each group present. ``what`` names the rows expected
+    in the error when there are none.
+    """
+    _check_columns(table, RUN_KEYS + ("group", "metric", "mean"), "leaderboard table")
+    metrics = GROUP_METRICS[protocol]
+    wanted = table[[g in metrics and m in metrics[g] for g, m in zip(table["group"], table["metric"])]]
+    if wanted.empty:
+        raise InputError("leaderboard table", what, "none")
+    means = wanted.pivot_table(index=list(RUN_KEYS), columns=["group", "metric"], values="mean",
+                               aggfunc="first", dropna=False)
+    out = pd.DataFrame(index=means.index)
+    group_rank = {}
+    for group, names in metrics.items():
+        cols = [(group, m) for m in names if (group, m) in means.columns]
+        if not cols:
+            continue
+        ranks = [means[c].rank(ascending=c[1] not in PERCENT_METRICS, method="average", na_option="bottom")
+                 for c in cols]
+        for c, r in zip(cols, ranks):
+            out[f"rank_{group}_{c[1]}"] = r
+        group_rank[group] = pd.concat(ranks, axis=1).mean(axis=1)
+        out[f"rank_{group}"] = group_rank[group]
+    return out, group_rank
+
+
+def finish_ranking(out: pd.DataFrame, ranks: list[pd.Series]) -> pd.DataFrame:
+    """``final_rank`` = the mean of ``ranks``; ``place`` orders by it (ties share the better place)."""
+    out["final_rank"] = pd.concat(ranks, axis=1).mean(axis=1)
+    out["place"] = out["final_rank"].rank(method="min").astype(int)
+    return out.reset_index().sort_values(["place"] + list(RUN_KEYS), kind="stable").reset_index(drop=True)
+
+
 def rank_2026(table: pd.DataFrame) -> pd.DataFrame:
     """SELMA3D 2026 ranking of the runs in a ``build_table(..., 'selma3d2026')`` table.
 
@@ -178,35 +216,14 @@ def rank_2026(table: pd.DataFrame) -> pd.DataFrame:
     structure type → mean over the two types = ``final_rank``; ``place`` orders by it (ties share
     the better place). Categories without cases are left out of the averages.
     """
-    _check_columns(table, RUN_KEYS + ("group", "metric", "mean"), "leaderboard table")
-    cat_metrics = GROUP_METRICS["selma3d2026"]
-    wanted = table[[g in cat_metrics and m in cat_metrics[g] for g, m in zip(table["group"], table["metric"])]]
-    if wanted.empty:
-        raise InputError("leaderboard table", "2026 category rows (isolated_*/contiguous_*)", "none")
-    means = wanted.pivot_table(index=list(RUN_KEYS), columns=["group", "metric"], values="mean",
-                               aggfunc="first", dropna=False)
-    out = pd.DataFrame(index=means.index)
-    cat_rank = {}
-    for cat, metrics in cat_metrics.items():
-        cols = [(cat, m) for m in metrics if (cat, m) in means.columns]
-        if not cols:
-            continue
-        ranks = []
-        for col in cols:
-            r = means[col].rank(ascending=False, method="average", na_option="bottom")
-            out[f"rank_{cat}_{col[1]}"] = r
-            ranks.append(r)
-        cat_rank[cat] = pd.concat(ranks, axis=1).mean(axis=1)
-        out[f"rank_{cat}"] = cat_rank[cat]
+    out, cat_rank = group_ranks(table, "selma3d2026", "2026 category rows (isolated_*/contiguous_*)")
     type_rank = {}
     for typ, cats in TYPES_2026.items():
         present = [cat_rank[c] for c in cats if c in cat_rank]
         if present:
             type_rank[typ] = pd.concat(present, axis=1).mean(axis=1)
             out[f"rank_{typ}"] = type_rank[typ]
-    out["final_rank"] = pd.concat(list(type_rank.values()), axis=1).mean(axis=1)
-    out["place"] = out["final_rank"].rank(method="min").astype(int)
-    return out.reset_index().sort_values(["place"] + list(RUN_KEYS), kind="stable").reset_index(drop=True)
+    return finish_ranking(out, list(type_rank.values()))
 
 
 # ------------------------------------------------------------------------------- rendering

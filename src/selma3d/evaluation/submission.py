@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from selma3d.core.errors import InputError
-from selma3d.evaluation.leaderboard import GROUP_METRICS, PERCENT_METRICS, RUN_KEYS, build_table, rank_2026
+from selma3d.evaluation.leaderboard import RUN_KEYS, build_table, finish_ranking, group_ranks, rank_2026
 
 #: challenge edition -> the evaluation protocol its ranking uses
 EDITION_PROTOCOL = {2024: "selma3d2024", 2025: "selma3d2026", 2026: "selma3d2026"}
@@ -45,27 +45,8 @@ def rank_2024(table: pd.DataFrame) -> pd.DataFrame:
     lower; ties share the average rank; NaN ranks last), ranks are averaged per group, then over
     the groups present = ``final_rank``; ``place`` orders by it (ties share the better place).
     """
-    metrics = GROUP_METRICS["selma3d2024"]
-    wanted = table[[g in metrics and m in metrics[g] for g, m in zip(table["group"], table["metric"])]]
-    if wanted.empty:
-        raise InputError("leaderboard table", "2024 group rows (spot/tree)", "none")
-    means = wanted.pivot_table(index=list(RUN_KEYS), columns=["group", "metric"], values="mean",
-                               aggfunc="first", dropna=False)
-    out = pd.DataFrame(index=means.index)
-    group_rank = {}
-    for group, names in metrics.items():
-        cols = [(group, m) for m in names if (group, m) in means.columns]
-        if not cols:
-            continue
-        ranks = [means[c].rank(ascending=c[1] not in PERCENT_METRICS, method="average", na_option="bottom")
-                 for c in cols]
-        for c, r in zip(cols, ranks):
-            out[f"rank_{group}_{c[1]}"] = r
-        group_rank[group] = pd.concat(ranks, axis=1).mean(axis=1)
-        out[f"rank_{group}"] = group_rank[group]
-    out["final_rank"] = pd.concat(list(group_rank.values()), axis=1).mean(axis=1)
-    out["place"] = out["final_rank"].rank(method="min").astype(int)
-    return out.reset_index().sort_values(["place"] + list(RUN_KEYS), kind="stable").reset_index(drop=True)
+    out, group_rank = group_ranks(table, "selma3d2024", "2024 group rows (spot/tree)")
+    return finish_ranking(out, list(group_rank.values()))
 
 
 def rank_runs(cases: pd.DataFrame, protocol: str) -> pd.DataFrame:
