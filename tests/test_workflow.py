@@ -208,3 +208,10 @@ def test_rule_scripts_import_the_library_beside_them(monkeypatch):
     use_checkout(str(REPO / "src"))
     assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(REPO / "src"), "/elsewhere"]
     assert sys.path[0] == str(REPO / "src")
+
+@pytest.mark.parametrize("base,overlay", [("real_selma.yaml", "studies/real_selma_ssl.yaml")])
+def test_dry_run_study_overlays_on_their_base_config(base, overlay, tmp_path):
+    res = snakemake("all", "-n", "--nolock", "--profile", "profiles/local", "--configfile", f"config/{base}",
+                    f"config/{overlay}", "--config", f"results_dir={tmp_path / 'results'}")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "finetune" in res.stdout and "leaderboard" in res.stdout

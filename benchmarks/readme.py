@@ -1,0 +1,179 @@
+"""The README's measured sections, regenerated from the files the measurements wrote.
+
+A section is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
+README.md; nothing between the markers is typed by hand. Sources:
+
+- ``recipe``: the newest ``benchmarks/results/recipe_<date>.md`` (``benchmarks/recipe.py``);
+- ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
+  the run's date, machine and job times), copied from a workflow run's results folder by
+  ``--study``;
+- ``performance``: the newest ``benchmarks/results/<benchmark>_<date>.json`` of each benchmark
+  that states a ``readme`` row (path, measured, reference, ratio, goal).
+
+    python benchmarks/readme.py            # rewrite the sections in README.md
+    python benchmarks/readme.py --check    # exit 1 when README.md is out of date (tests run this)
+    python benchmarks/readme.py --study real_selma_ssl results/real_selma_ssl \\
+        --configfile config/real_selma.yaml config/studies/real_selma_ssl.yaml      # copy a run, then rewrite
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+STUDIES = REPO / "docs" / "studies"
+MARK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def newest(prefix: str, suffix: str) -> Path | None:
+    """The newest ``<prefix>_<YYYY-MM-DD><suffix>`` under benchmarks/results (dates sort as text)."""
+    found = sorted(RESULTS.glob(f"{prefix}_[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]{suffix}"))
+    return found[-1] if found else None
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def recipe_section() -> str:
+    src = newest("recipe", ".md")
+    if src is None:
+        return "_No recipe benchmark has been run yet (`python benchmarks/recipe.py`)._\n"
+    lines = src.read_text().splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    notes = [ln for ln in lines[1:] if ln and not ln.startswith("|")]
+    return "\n".join([f"From [{rel(src)}]({rel(src)}) — {lines[0].lstrip('# ')}:", "", *table, "",
+                      *(f"_{n}_" for n in notes)]) + "\n"
+
+
+def _mean_std(values: pd.Series) -> str:
+    std = values.std() if len(values) > 1 else float("nan")
+    return f"{100 * values.mean():.1f}" + (f" ± {100 * std:.1f}" if std == std else "")
+
+
+def ssl_table(cases: pd.DataFrame) -> list[str]:
+    """Dice per structure (mean ± std over seeds of each seed's case mean), rows strategy × budget,
+    then each strategy's mean difference to scratch at the same budget and seed."""
+    cases = cases[cases["protocol"] == sorted(cases["protocol"].unique())[-1]]
+    per_seed = cases.groupby(["strategy", "budget", "seed", "structure"])["dice"].mean().unstack("structure")
+    per_seed["mean"] = per_seed.mean(axis=1)
+    structures = [c for c in per_seed.columns if c != "mean"]
+    budgets = sorted(per_seed.index.get_level_values("budget").unique(), key=lambda b: (b == "all", str(b).zfill(6)))
+    order = ["scratch", "threshold"] + sorted(set(per_seed.index.get_level_values("strategy")) - {"scratch", "threshold"})
+    lines = ["| strategy | budget | seeds | " + " | ".join(structures) + " | mean | Δ mean vs scratch (seeds better) |",
+             "|---|---|---|" + "---|" * (len(structures) + 2)]
+    for strategy in order:
+        for budget in budgets:
+            if (strategy, budget) not in per_seed.droplevel("seed").index:
+                continue
+            rows = per_seed.xs((strategy, budget), level=("strategy", "budget"))
+            cells = [_mean_std(rows[s].dropna()) for s in structures] + [_mean_std(rows["mean"])]
+            delta = "–"
+            if strategy != "scratch" and ("scratch", budget) in per_seed.droplevel("seed").index:
+                base = per_seed.xs(("scratch", budget), level=("strategy", "budget"))["mean"]
+                diff = (rows["mean"] - base).dropna()
+                if len(diff):
+                    delta = f"{100 * diff.mean():+.1f} ({int((diff > 0).sum())} of {len(diff)})"
+            lines.append(f"| {strategy} | {budget} | {len(rows)} | " + " | ".join(cells) + f" | {delta} |")
+    return lines
+
+
+def ssl_real_section(name: str = "real_selma_ssl") -> str:
+    folder = STUDIES / name
+    if not (folder / "cases.csv").exists():
+        return f"_Not run yet: `python benchmarks/readme.py --study {name} RESULTS_DIR` copies a finished run._\n"
+    meta = json.loads((folder / "meta.json").read_text())
+    cases = pd.read_csv(folder / "cases.csv", dtype={"budget": str})
+    job_min = sum(meta["job_s"].values()) / 60
+    lines = [f"Generated from the workflow run of {', '.join(f'`{c}`' for c in meta['configfiles'])} on "
+             f"{meta['date']} ({meta['machine']}); validation Dice in % (validation = the scored split), "
+             f"mean ± std over seeds of each seed's mean over the cases; Δ: the strategy's mean minus "
+             f"scratch's, same budget and seed. Jobs took {job_min:.0f} CPU-job-minutes in all "
+             f"({', '.join(f'{k} {v / 60:.0f}' for k, v in sorted(meta['job_s'].items(), key=lambda kv: -kv[1])[:4])}).",
+             "", *ssl_table(cases), ""]
+    if (folder / "dice_vs_budget.png").exists():
+        lines += [f"![Validation Dice vs label budget, real data]({rel(folder / 'dice_vs_budget.png')})", ""]
+    return "\n".join(lines)
+
+
+def performance_section() -> str:
+    rows = []
+    for src in sorted({p.name.rsplit("_", 1)[0] for p in RESULTS.glob("*_*.json")}):
+        path = newest(src, ".json")
+        data = json.loads(path.read_text())
+        for row in data.get("readme", []):
+            rows.append(f"| {row['path']} | {row['measured']} | {row.get('reference', '–')} | "
+                        f"{row.get('ratio', '–')} | {row.get('goal', '–')} | "
+                        f"[{data.get('date', '?')}, {data.get('machine', '?')}]({rel(path)}) |")
+    if not rows:
+        return "_No benchmark has written a README row yet._\n"
+    return "\n".join(["| path | measured | reference (same run) | ratio | goal | source |",
+                      "|---|---|---|---|---|---|", *rows]) + "\n"
+
+
+SECTIONS = {"recipe": recipe_section, "ssl_real": ssl_real_section, "performance": performance_section}
+
+
+def render(text: str) -> str:
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in SECTIONS:
+            sys.exit(f"README.md: unknown generated section {name!r} (known: {', '.join(SECTIONS)})")
+        return m.group(1) + SECTIONS[name]() + m.group(4)
+
+    return MARK.sub(fill, text)
+
+
+def copy_study(name: str, results: Path, configfiles: list[str]) -> None:
+    """Copy a finished run's per-case scores and label-efficiency figure into docs/studies/NAME."""
+    cases = results / "leaderboard" / "cases.csv"
+    if not cases.exists():
+        sys.exit(f"{cases}: expected the leaderboard's per-case table of a finished run; not found")
+    out = STUDIES / name
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cases, out / "cases.csv")
+    fig = results / "figures" / "dice_vs_budget.png"
+    if fig.exists():
+        shutil.copyfile(fig, out / "dice_vs_budget.png")
+    job_s: dict[str, float] = {}
+    for tsv in (results / "benchmarks").rglob("*.tsv"):
+        rule = tsv.relative_to(results / "benchmarks").parts[0].removesuffix(".tsv")
+        job_s[rule] = job_s.get(rule, 0.0) + float(pd.read_csv(tsv, sep="\t")["s"].sum())
+    meta = {"date": datetime.date.today().isoformat(),
+            "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, CPU)",
+            "configfiles": configfiles, "job_s": {k: round(v, 1) for k, v in job_s.items()}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 when README.md is not what the files generate")
+    ap.add_argument("--study", nargs=2, metavar=("NAME", "RESULTS_DIR"))
+    ap.add_argument("--configfile", nargs="+", default=[], help="with --study: the config files of the run")
+    args = ap.parse_args()
+    if args.study:
+        copy_study(args.study[0], Path(args.study[1]), args.configfile)
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    new = render(text)
+    if args.check:
+        if new != text:
+            sys.exit("README.md is out of date with benchmarks/results and docs/studies: run python benchmarks/readme.py")
+        print("README.md: generated sections up to date")
+        return
+    readme.write_text(new)
+    print(f"README.md: {len(MARK.findall(new))} generated sections written")
+
+
+if __name__ == "__main__":
+    main()
