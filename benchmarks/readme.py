@@ -32,7 +32,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 STUDIES = REPO / "docs" / "studies"
-MARK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+MARK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.DOTALL)
 
 
 def newest(prefix: str, suffix: str) -> Path | None:
@@ -58,13 +58,13 @@ def recipe_section() -> str:
 
 def _mean_std(values: pd.Series) -> str:
     std = values.std() if len(values) > 1 else float("nan")
-    return f"{100 * values.mean():.1f}" + (f" ± {100 * std:.1f}" if std == std else "")
+    return f"{100 * values.mean():.1f}" + (f" ± {100 * std:.1f}" if pd.notna(std) else "")
 
 
 def ssl_table(cases: pd.DataFrame) -> list[str]:
     """Dice per structure (mean ± std over seeds of each seed's case mean), rows strategy × budget,
     then each strategy's mean difference to scratch at the same budget and seed."""
-    cases = cases[cases["protocol"] == sorted(cases["protocol"].unique())[-1]]
+    cases = cases[cases["protocol"] == max(cases["protocol"].unique())]
     per_seed = cases.groupby(["strategy", "budget", "seed", "structure"])["dice"].mean().unstack("structure")
     per_seed["mean"] = per_seed.mean(axis=1)
     structures = [c for c in per_seed.columns if c != "mean"]
@@ -95,12 +95,12 @@ def ssl_real_section(name: str = "real_selma_ssl") -> str:
     meta = json.loads((folder / "meta.json").read_text())
     cases = pd.read_csv(folder / "cases.csv", dtype={"budget": str})
     job_min = sum(meta["job_s"].values()) / 60
-    lines = [f"Generated from the workflow run of {', '.join(f'`{c}`' for c in meta['configfiles'])} on "
+    head = (f"Generated from the workflow run of {', '.join(f'`{c}`' for c in meta['configfiles'])} on "
              f"{meta['date']} ({meta['machine']}); validation Dice in % (validation = the scored split), "
              f"mean ± std over seeds of each seed's mean over the cases; Δ: the strategy's mean minus "
              f"scratch's, same budget and seed. Jobs took {job_min:.0f} CPU-job-minutes in all "
-             f"({', '.join(f'{k} {v / 60:.0f}' for k, v in sorted(meta['job_s'].items(), key=lambda kv: -kv[1])[:4])}).",
-             "", *ssl_table(cases), ""]
+             f"({', '.join(f'{k} {v / 60:.0f}' for k, v in sorted(meta['job_s'].items(), key=lambda kv: -kv[1])[:4])}).")
+    lines = [head, "", *ssl_table(cases), ""]
     if (folder / "dice_vs_budget.png").exists():
         lines += [f"![Validation Dice vs label budget, real data]({rel(folder / 'dice_vs_budget.png')})", ""]
     return "\n".join(lines)

@@ -19,7 +19,7 @@ def _module():
 
 def test_readme_generated_sections_are_up_to_date():
     res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "readme.py"), "--check"],
-                         capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
