@@ -3,15 +3,18 @@ previous one (``legacy``), and both against the classical ``threshold`` strategy
 
 Runs the workflow on ``config/real_selma.yaml`` (train: c-Fos brain 695 + SELMA3D plaque,
 nucleus, vessel patches + TRAILMAP axon planes 17/48; validation = the scored split: brain 753
-+ the SELMA3D val patches + axon plane 77) once per recipe and seed, with ``scratch`` (the same
-UNet, same number of optimizer steps) and ``threshold``, no SSL. Both recipes get the same
++ the SELMA3D val patches + axon plane 77), or on ``--configfile``, once per recipe with every
+seed (the seeds share the data preparation), with ``scratch`` (the same UNet, same number of
+optimizer steps) and ``threshold``, no SSL. Both recipes get the same
 inference settings (overlap, mirroring, threshold selection on validation) unless
 ``--legacy-inference`` gives legacy the old fixed 0.5 threshold without mirroring. Writes the
 per-structure Dice / clDice / PQ table (mean ± std over seeds) and job times to
-``benchmarks/results/recipe_<date>.{json,md}``.
+``benchmarks/results/<name>_<date>.{json,md}`` (``--name``, default ``recipe``).
 
-    python benchmarks/recipe.py --seeds 0 1 2            # about 30 CPU-min per recipe and seed
+    python benchmarks/recipe.py --seeds 0 1 2            # about 12 CPU-min per recipe and seed
     python benchmarks/recipe.py --seeds 0 --steps 100    # quicker, noisier
+    # the synthetic SSL benchmark, whose test split holds a structure never trained on (microglia)
+    python benchmarks/recipe.py --configfile config/ssl_benchmark.yaml --name recipe_synthetic
 """
 
 from __future__ import annotations
@@ -31,15 +34,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(variant: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, float]:
-    """One workflow run: ``variant`` is a recipe (``legacy``, ``nnunet``) or ``recipe:optimizer``."""
+def run(variant: str, seeds: list[int], args, workdir: Path) -> tuple[pd.DataFrame, float]:
+    """One workflow run for every seed: ``variant`` is a recipe (``legacy``, ``nnunet``) or
+    ``recipe:optimizer``. The seeds share the run's data preparation."""
     recipe, _, optimizer = variant.partition(":")
-    out = workdir / f"{variant.replace(':', '_')}_s{seed}"
+    out = workdir / variant.replace(":", "_")
     override = {
         "results_dir": str(out),
         "pretrain": {"strategies": []},
-        "finetune": {"strategies": ["scratch", "threshold"], "seeds": [seed], "recipe": recipe,
-                     "steps": args.steps, "val_every": max(1, args.steps // 5)},
+        "finetune": {"strategies": ["scratch", "threshold"], "seeds": list(seeds), "recipe": recipe,
+                     "budgets": list(args.budgets), "steps": args.steps, "val_every": max(1, args.steps // 5)},
         "infer": {"overlap": args.overlap, "mirror_axes": list(args.mirror_axes)},
         "evaluate": {"protocols": ["selma3d2026"], "workers": 1},
     }
@@ -47,17 +51,17 @@ def run(variant: str, seed: int, args, workdir: Path) -> tuple[pd.DataFrame, flo
         override["finetune"]["optimizer"] = optimizer
     if recipe == "legacy" and args.legacy_inference:
         override["infer"].update({"mirror_axes": [], "postprocess": {"select_on_validation": False}})
-    cfg = workdir / f"{variant.replace(':', '_')}_s{seed}.yaml"
+    cfg = workdir / f"{variant.replace(':', '_')}.yaml"
     cfg.write_text(yaml.safe_dump(override))
     cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
-           str(REPO / "config" / "real_selma.yaml"), str(cfg)]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+           str(REPO / args.configfile), str(cfg)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        sys.exit(f"{variant} seed {seed} failed:\n{res.stderr[-4000:]}")
+        sys.exit(f"{variant} seeds {seeds} failed:\n{res.stderr[-4000:]}")
     # job seconds from Snakemake's benchmark files: right also when a kept run is reused
     wall = sum(float(pd.read_csv(f, sep="\t")["s"].sum()) for f in (out / "benchmarks").rglob("*.tsv"))
     cases = pd.read_csv(out / "leaderboard" / "cases.csv", dtype={"budget": str})
-    cases["recipe"], cases["seed"] = variant, seed
+    cases["recipe"] = variant
     return cases, wall
 
 
@@ -70,6 +74,10 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--mirror-axes", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--legacy-inference", action="store_true")
+    ap.add_argument("--configfile", default="config/real_selma.yaml",
+                    help="the workflow config the recipes run on (repository-relative)")
+    ap.add_argument("--budgets", nargs="+", default=["all"], help="label budgets (per structure) to train at")
+    ap.add_argument("--name", default="recipe", help="results file stem: benchmarks/results/<name>_<date>.*")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--keep", type=Path, help="keep the runs' results here (default: a temporary folder)")
     args = ap.parse_args()
@@ -77,34 +85,34 @@ def main() -> None:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         frames, walls = [], {}
-        for seed in args.seeds:
-            for variant in args.variants:
-                cases, walls[f"{variant}_s{seed}"] = run(variant, seed, args, workdir)
-                frames.append(cases)
-                print(f"{variant} seed {seed}: {walls[f'{variant}_s{seed}'] / 60:.1f} job-min", flush=True)
+        for variant in args.variants:
+            cases, walls[variant] = run(variant, args.seeds, args, workdir)
+            frames.append(cases)
+            print(f"{variant} seeds {args.seeds}: {walls[variant] / 60:.1f} job-min", flush=True)
     cases = pd.concat(frames, ignore_index=True)
     cases["method"] = cases.apply(lambda r: "threshold" if r.strategy == "threshold" else f"scratch ({r.recipe})",
                                   axis=1)
     cases = cases[~((cases.strategy == "threshold") & (cases.recipe != args.variants[0]))]  # one threshold fit per seed
     metrics = [m for m in ("dice", "cldice", "pq") if m in cases]
-    per_seed = cases.groupby(["method", "structure", "seed"])[metrics].mean()
-    table = per_seed.groupby(["method", "structure"]).agg(["mean", "std"])
+    per_seed = cases.groupby(["method", "budget", "structure", "seed"])[metrics].mean()
+    table = per_seed.groupby(["method", "budget", "structure"]).agg(["mean", "std"])
     stamp = datetime.date.today().isoformat()
     machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, {args.cores} cores)"
-    lines = [f"# Finetuning recipe on real_selma validation ({stamp}, {machine})", "",
-             f"variants {args.variants}, seeds {args.seeds}, {args.steps} optimizer steps, infer overlap {args.overlap}, "
-             f"mirror axes {args.mirror_axes}; mean ± std over seeds of the per-structure mean", "",
-             "| method | structure | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
-    for (method, structure), row in table.iterrows():
+    lines = [f"# Finetuning recipe on {Path(args.configfile).stem}: scored split ({stamp}, {machine})", "",
+             (f"variants {args.variants}, seeds {args.seeds}, budgets {args.budgets}, {args.steps} optimizer steps, "
+              f"infer overlap {args.overlap}, mirror axes {args.mirror_axes}; mean ± std over seeds of the "
+              "per-structure mean"), "",
+             "| method | budget | structure | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
+    for (method, budget, structure), row in table.iterrows():
         cells = [f"{100 * row[(m, 'mean')]:.1f} ± {100 * (row[(m, 'std')] if row[(m, 'std')] == row[(m, 'std')] else 0):.1f}"
                  for m in metrics]
-        lines.append(f"| {method} | {structure} | " + " | ".join(cells) + " |")
-    lines += ["", "job time per run (sum of the Snakemake benchmark files of scratch + threshold): "
+        lines.append(f"| {method} | {budget} | {structure} | " + " | ".join(cells) + " |")
+    lines += ["", "job time per variant, all seeds (sum of its Snakemake benchmark files): "
               + ", ".join(f"{k} {v / 60:.1f} min" for k, v in walls.items())]
     out = REPO / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"recipe_{stamp}.md").write_text("\n".join(lines) + "\n")
-    (out / f"recipe_{stamp}.json").write_text(json.dumps({
+    (out / f"{args.name}_{stamp}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{args.name}_{stamp}.json").write_text(json.dumps({
         "date": stamp, "machine": machine, "args": {k: v for k, v in vars(args).items() if k != "keep"},  # no machine paths in results
         "job_s": walls, "cases": cases.drop(columns=[c for c in cases if c.startswith("Unnamed")]).to_dict("records"),
     }, indent=1, default=str))
