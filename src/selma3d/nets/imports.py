@@ -115,7 +115,10 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict:
     if not path.is_file():
         raise InputError(path, "a checkpoint file", "nothing at that path" if not path.exists() else "not a file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        if trust_pickle:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
+        else:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise InputError(path, "a checkpoint of tensors and plain containers (weights_only)",
                          f"pickled objects ({str(exc).splitlines()[0][:200]}); pass --trust-pickle for a "
@@ -125,6 +128,28 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> dict:
     if not isinstance(ckpt, dict):
         raise InputError(path, "a checkpoint holding a dict of tensors", type(ckpt).__name__)
     return ckpt
+
+
+class _TolerantUnpickler(__import__("pickle").Unpickler):
+    """Unpickler for verified checkpoints whose extras name classes not installed here
+    (Lightning's ``AttributeDict`` hyper-parameters, a trainer's config objects): such a class
+    becomes a ``dict`` holding its state, so the tensors and plain settings still load."""
+
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (dict,), {"__module__": module, "__setstate__": _set_state})
+
+
+def _set_state(self, state) -> None:
+    if isinstance(state, dict):
+        self.update(state)
+
+
+class _tolerant_pickle:  # noqa: N801  (stands in for the pickle module in torch.load)
+    Unpickler = _TolerantUnpickler
+    load = staticmethod(lambda f, **kw: _TolerantUnpickler(f, **kw).load())
 
 
 def _tensors(d: Any) -> bool:
