@@ -147,7 +147,7 @@ def _set_state(self, state) -> None:
         self.update(state)
 
 
-class _tolerant_pickle:  # noqa: N801  (stands in for the pickle module in torch.load)
+class _tolerant_pickle:  # stands in for the pickle module in torch.load)
     Unpickler = _TolerantUnpickler
     load = staticmethod(lambda f, **kw: _TolerantUnpickler(f, **kw).load())
 
