@@ -314,7 +314,7 @@ def test_shipped_manifest_entries_resolve_and_unpublished_checksums_are_null():
     from selma3d.config import load_config
     from selma3d.training import runplan
 
-    cfg = load_config([REPO / "config" / "pretrained_weights.yaml"], basedir=REPO)
+    cfg = load_config([REPO / "config" / "manifests" / "pretrained_weights.yaml"], basedir=REPO)
     assert cfg["pretrained"]["swinvit_tang"]["sha256"] is None
     assert cfg["pretrained"]["swin_dae_monai"]["sha256"].startswith("c3564f40")
     for name in cfg["pretrained"]:

@@ -1,5 +1,5 @@
 # Published pretrained weights (config block `pretrained`; known sources in
-# config/pretrained_weights.yaml): download by url + SHA-256, convert into this pipeline's
+# config/manifests/pretrained_weights.yaml): download by url + SHA-256, convert into this pipeline's
 # encoder weights. Finetune strategy ext_<source> starts from them; scratch_ext_<source>
 # trains the same network without them (its table 6 baseline).
 

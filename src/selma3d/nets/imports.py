@@ -3,7 +3,7 @@
 ``selma3d import-weights SOURCE --format F --out encoder.pt`` writes the payload ``rule
 pretrain`` writes (``{"strategy", "net", "weights", ...}``, see
 :func:`selma3d.training.finetune.stored_network`), so a finetuning run starts from it exactly as
-from weights pretrained here. One converter per source format, registered in :data:`FORMATS`:
+from weights pretrained here. One converter per source format, registered in :data:`CONVERTERS` (catalog: :mod:`selma3d.nets.formats`):
 
 ========================  ==========  =======================================================
 format                    backbone    source, and how much of it maps
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from selma3d.core.errors import InputError
+from selma3d.nets.formats import CATALOG, WeightsFormat, format_names
 
 log = logging.getLogger(__name__)
 
@@ -68,36 +69,27 @@ class Converted:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    backbone: str | None
-    net: dict[str, Any]  # defaults of the network the weights fill (published architecture)
-    convert: Callable[[dict, str | None, dict], Converted]
-    description: str
-    branches: tuple[str, ...] = ()
+#: format name -> converter(checkpoint dict, branch, net keys) (one per published source layout)
+CONVERTERS: dict[str, Callable[[dict, str | None, dict], Converted]] = {}
+#: the catalog (torch-free, :mod:`selma3d.nets.formats`): backbone and published architecture
+FORMATS = CATALOG
 
 
-#: format name -> converter (one per published source layout)
-FORMATS: dict[str, Format] = {}
+def register(name: str):
+    if name not in CATALOG:
+        raise KeyError(f"format {name!r} is not in selma3d.nets.formats.CATALOG")
 
-
-def register(name: str, backbone: str | None, net: dict[str, Any], description: str, branches: tuple[str, ...] = ()):
     def wrap(fn):
-        FORMATS[name] = Format(name, backbone, dict(net), fn, description, tuple(branches))
+        CONVERTERS[name] = fn
         return fn
 
     return wrap
 
 
-def format_names() -> list[str]:
-    return sorted(FORMATS)
-
-
-def get_format(name: str, where: str | None = None) -> Format:
-    if name not in FORMATS:
+def get_format(name: str, where: str | None = None) -> WeightsFormat:
+    if name not in CATALOG:
         raise InputError(where, f"a weights format among {format_names()}", repr(name))
-    return FORMATS[name]
+    return CATALOG[name]
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -204,10 +196,7 @@ def _mlp_names(key: str) -> str:
     return key.replace(".mlp.fc1.", ".mlp.linear1.").replace(".mlp.fc2.", ".mlp.linear2.")
 
 
-@register("monai_swinvit", "swinunetr",
-          {"backbone": "swinunetr", "feature_size": 48, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24],
-           "window_size": 7, "use_v2": False},
-          "Tang et al. model_swinvit.pt (MONAI SwinUNETR self-supervised encoder)")
+@register("monai_swinvit")
 def convert_monai_swinvit(ckpt: dict, branch: str | None, net: dict) -> Converted:
     state = strip_prefixes(state_of(ckpt, ("state_dict", "model"), "monai_swinvit checkpoint"))
     # research-contributions' SSLHead saves swin_vit.*; the published file has module.* (stripped above)
@@ -222,9 +211,7 @@ def convert_monai_swinvit(ckpt: dict, branch: str | None, net: dict) -> Converte
                      ["MLP tensors fc1/fc2 renamed to MONAI's linear1/linear2"])
 
 
-@register("monai_swin_dae", "swinunetr",
-          {"backbone": "swinunetr", "feature_size": 48, "use_v2": False},
-          "MONAI ssl_pretrained_weights.pth (Disruptive Autoencoders, encoder.* names)")
+@register("monai_swin_dae")
 def convert_monai_swin_dae(ckpt: dict, branch: str | None, net: dict) -> Converted:
     state = strip_prefixes(state_of(ckpt, ("model", "state_dict"), "monai_swin_dae checkpoint"))
     weights, unused = {}, []
@@ -254,9 +241,7 @@ def _lightning_branch(ckpt: dict, branch: str | None, fmt: str) -> tuple[dict, d
     return state, dict(hp) if isinstance(hp, dict) else {}, prefix
 
 
-@register("lsm_fm_swinunetr", "swinunetr", {"backbone": "swinunetr", "feature_size": 36, "use_v2": False},
-          "LSM foundation model SwinUNETR variant (Lightning .ckpt, student/teacher MONAI SwinUNETR)",
-          branches=("student", "teacher"))
+@register("lsm_fm_swinunetr")
 def convert_lsm_fm_swinunetr(ckpt: dict, branch: str | None, net: dict) -> Converted:
     state, hp, prefix = _lightning_branch(ckpt, branch, "lsm_fm_swinunetr")
     weights, unused = {}, []
@@ -274,8 +259,7 @@ def convert_lsm_fm_swinunetr(ckpt: dict, branch: str | None, net: dict) -> Conve
     return Converted(weights, derived, unused, notes)
 
 
-@register("lsm_fm_unet", None, {}, "LSM foundation model UNet variant (MONAI UNet with residual units): no "
-          "backbone here matches, refused with the reason", branches=("student", "teacher"))
+@register("lsm_fm_unet")
 def convert_lsm_fm_unet(ckpt: dict, branch: str | None, net: dict) -> Converted:
     state, hp, prefix = _lightning_branch(ckpt, branch, "lsm_fm_unet")
     mine = [k for k in state if k.startswith(prefix)]
@@ -291,10 +275,7 @@ def convert_lsm_fm_unet(ckpt: dict, branch: str | None, net: dict) -> Converted:
 # ------------------------------------------------------------------------------- 3DINO ViT
 
 
-@register("dino3d_vit", "vit",
-          {"backbone": "vit", "vit_patch_size": 16, "hidden_size": 1024, "mlp_dim": 4096, "num_layers": 24,
-           "num_heads": 16, "patch_size": [112, 112, 112]},
-          "3DINO-ViT (DINOv2 3D ViT; teacher backbone, LayerScale folded, positions interpolated)")
+@register("dino3d_vit")
 def convert_dino3d_vit(ckpt: dict, branch: str | None, net: dict) -> Converted:
     import torch
     import torch.nn.functional as F
@@ -366,8 +347,7 @@ def convert_dino3d_vit(ckpt: dict, branch: str | None, net: dict) -> Converted:
 # ------------------------------------------------------------------------------- nnssl
 
 
-@register("nnssl", "dynunet", {"backbone": "dynunet"},
-          "nnssl network_weights of a PlainConvUNet encoder onto DynUNet (ResEnc-L, Primus refused)")
+@register("nnssl")
 def convert_nnssl(ckpt: dict, branch: str | None, net: dict) -> Converted:
     state = strip_prefixes(state_of(ckpt, ("network_weights", "state_dict", "model"), "nnssl checkpoint"))
     if any(k.startswith("encoder.stem.") or ".blocks." in k for k in state if k.startswith("encoder.")):
@@ -432,7 +412,7 @@ def convert(source: str | Path, fmt: str, net: dict[str, Any] | None = None, bra
         raise InputError(source, f"branch one of {list(spec.branches)} for format {fmt}", repr(branch))
     ckpt = read_checkpoint(source, trust_pickle)
     try:
-        conv = spec.convert(ckpt, branch, dict(net or {}))
+        conv = CONVERTERS[fmt](ckpt, branch, dict(net or {}))
         cfg = resolve_net(fmt, conv.net, net)
     except InputError as exc:  # name the checkpoint
         if exc.path:

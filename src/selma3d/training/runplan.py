@@ -157,7 +157,7 @@ def external_entry(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
     known = config.get("pretrained") or {}
     if name not in known:
         raise ValueError(f"config: finetune.strategies lists {EXTERNAL_PREFIX}{name}, but pretrained.{name} is not "
-                         f"set; known: {sorted(known)} (add config/pretrained_weights.yaml with --configfile, or "
+                         f"set; known: {sorted(known)} (add config/manifests/pretrained_weights.yaml with --configfile, or "
                          f"an entry of your own)")
     return dict(known[name])
 
@@ -165,11 +165,11 @@ def external_entry(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
 def external_nets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``{ext_<name>: network keys}`` of every ``pretrained`` entry (the blocks :func:`strategy_net`
     reads): the format's published architecture, then the entry's ``net`` keys."""
-    from selma3d.nets.imports import FORMATS
+    from selma3d.nets.formats import CATALOG
 
     out = {}
     for n, e in (config.get("pretrained") or {}).items():
-        fmt = FORMATS.get(e.get("format"))
+        fmt = CATALOG.get(e.get("format"))
         out[EXTERNAL_PREFIX + n] = {**(fmt.net if fmt else {}), **dict(e.get("net") or {})}
     return out
 
@@ -189,14 +189,14 @@ def external_net(strategy: str, model: Mapping[str, Any] | None, block: Mapping[
 def check_external(strategy: str, config: Mapping[str, Any], weights_needed: bool = True) -> None:
     """Refuse an ``ext_<name>`` run before any job: unknown entry or format, a network its
     format cannot fill, or (when the weights are needed) no SHA-256 to verify the download."""
-    from selma3d.nets.imports import FORMATS
+    from selma3d.nets.formats import CATALOG
 
     name = strategy[len(EXTERNAL_PREFIX):]
     entry = external_entry(name, config)
-    fmt = FORMATS.get(entry["format"])
+    fmt = CATALOG.get(entry["format"])
     if fmt is None:
         raise ValueError(f"config: pretrained.{name}.format {entry['format']!r} is no weights format; "
-                         f"known: {sorted(FORMATS)}")
+                         f"known: {sorted(CATALOG)}")
     if fmt.backbone is None:
         raise ValueError(f"config: pretrained.{name}.format {entry['format']!r} maps onto no backbone of this "
                          f"pipeline ({fmt.description})")
