@@ -14,6 +14,8 @@ COMMANDS = {
     "download": ("selma3d.data.download", "fetch a dataset manifest's files with resume and SHA-256 checks"),
     "predict": ("selma3d.inference.volume", "segment a whole volume block-wise with a trained model"),
     "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
+    "import-weights": ("selma3d.nets.imports",
+                       "convert a published pretrained checkpoint into this pipeline's encoder weights"),
     "config": ("selma3d.config", "show the resolved config and every strategy's network (config show)"),
     "export-algorithm": ("selma3d.inference.export",
                          "export a finetuned run as a SELMA3D challenge algorithm (Docker build folder)"),

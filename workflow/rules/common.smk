@@ -83,6 +83,8 @@ def pretrained_weights(wildcards):
     """The encoder weights a finetuning run starts from (none for scratch)."""
     if not runplan.is_pretrained(wildcards.strategy):
         return []
+    if runplan.is_external(wildcards.strategy):  # published weights (weights.smk)
+        return f"{RESULTS}/weights/{runplan.external_name(wildcards.strategy)}/encoder.pt"
     return f"{RESULTS}/pretrain/{wildcards.strategy}/encoder.pt"
 
 
@@ -91,6 +93,8 @@ def scratch_net(wildcards):
     ref = runplan.scratch_reference(wildcards.strategy)
     if ref is None:
         return {}
+    if runplan.is_external(ref):  # the network of the published weights' entry
+        return {"strategy": ref, "block": runplan.external_nets(config)[ref]}
     return {"strategy": ref, "block": dict(config["pretrain"].get(ref) or {})}
 
 

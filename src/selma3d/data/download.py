@@ -237,6 +237,32 @@ def download_manifest(manifest: str | Path, dest: str | Path, workers: int = sch
     return out
 
 
+def fetch_file(url: str, target: str | Path, sha256: str | None, size: int | None = None, retries: int = 5,
+               backoff: float = 1.0, timeout: float = 60, progress: bool = True,
+               base: str | Path | None = None) -> Path:
+    """Fetch one file (``http(s)://``, ``file://`` or a local path, relative ones against
+    ``base``) into ``target`` with the manifest downloader's resume, retries and checks.
+
+    Unlike a manifest row, the SHA-256 is required (a file fetched here is code-adjacent:
+    pretrained weights); a target that already matches is kept. Raises :class:`InputError`
+    without a valid ``sha256``, :class:`ChecksumMismatch` for wrong bytes, :class:`DownloadError`
+    for network failures.
+    """
+    sha = (sha256 or "").strip().lower().removeprefix("sha256:")
+    if not _SHA_RE.match(sha):
+        raise InputError(url, "a sha256 (64 hexadecimal digits) to verify the file against", repr(sha256))
+    target = Path(target).resolve()
+    job = _Job(url=url, target=target, rel=target.name, sha256=sha, origin="given", size=size,
+               local=_local_source(url, Path(base or Path.cwd()).resolve()))
+    ctx = _Ctx(retries, backoff, timeout, _Progress(progress), threading.Event())
+    try:
+        res = _fetch(job, ctx)
+    finally:
+        ctx.bar.close()
+    log.info("%s: %s %s (%d bytes, sha256 %s)", url, res.action, target, res.size, res.sha256)
+    return target
+
+
 # --------------------------------------------------------------------------- planning
 
 

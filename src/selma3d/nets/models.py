@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -362,53 +363,129 @@ def forward_with_bottleneck(net: nn.Module, x: torch.Tensor, backbone: str | Non
 # pretrained weights
 
 
+@dataclass
+class LoadReport:
+    """What loading a pretrained state dict into a network matched, by tensor name.
+
+    ``share`` is the loaded fraction of the encoder's elements (adapter tensors excepted): a
+    missing 3×3×3 convolution weighs more than a missing norm bias.
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)  # in the state dict, not in the network
+    misshapen: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (name, given, network's)
+    missing_encoder: list[str] = field(default_factory=list)  # encoder tensors not loaded
+    encoder_tensors: int = 0
+    encoder_elements: int = 0
+    loaded_encoder_elements: int = 0
+
+    @property
+    def share(self) -> float:
+        return self.loaded_encoder_elements / self.encoder_elements if self.encoder_elements else 0.0
+
+    def summary(self) -> str:
+        return (f"{len(self.loaded)} tensors loaded; encoder {self.encoder_tensors - len(self.missing_encoder)}/"
+                f"{self.encoder_tensors} tensors, {self.share:.1%} of its elements; {len(self.unexpected)} "
+                f"unexpected, {len(self.misshapen)} misshapen")
+
+    def lines(self) -> list[str]:
+        """Every key that did not match, by name (one line each)."""
+        out = [f"unexpected (not in the network): {k}" for k in self.unexpected]
+        out += [f"misshapen: {k} {list(a)} in the weights, {list(b)} in the network" for k, a, b in self.misshapen]
+        out += [f"encoder tensor not loaded: {k}" for k in self.missing_encoder]
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loaded": len(self.loaded), "unexpected": list(self.unexpected),
+                "misshapen": [[k, list(a), list(b)] for k, a, b in self.misshapen],
+                "missing_encoder": list(self.missing_encoder), "encoder_tensors": self.encoder_tensors,
+                "share": self.share}
+
+
+def load_report(net: nn.Module, state: dict[str, torch.Tensor], backbone: str | None = None) -> LoadReport:
+    """Match ``state`` against ``net``'s state dict by name and shape, without copying anything.
+
+    A ``module.`` prefix (DataParallel) is stripped first, as :func:`load_pretrained` does.
+    """
+    backbone = backbone or getattr(net, "selma3d_backbone", None)
+    own = net.state_dict()
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    rep = LoadReport()
+    for k, v in state.items():
+        if k not in own:
+            rep.unexpected.append(k)
+        elif tuple(own[k].shape) != tuple(v.shape):
+            rep.misshapen.append((k, tuple(v.shape), tuple(own[k].shape)))
+        else:
+            rep.loaded.append(k)
+    if backbone:
+        prefixes = tuple(_net_prefixes(net, backbone))
+        need = [k for k in own if k.startswith(prefixes) and ".adapter." not in k]
+        got = set(rep.loaded)
+        rep.missing_encoder = [k for k in need if k not in got]
+        rep.encoder_tensors = len(need)
+        rep.encoder_elements = sum(own[k].numel() for k in need)
+        rep.loaded_encoder_elements = sum(own[k].numel() for k in need if k in got)
+    return rep
+
+
 def load_pretrained(
     net: nn.Module,
     state: dict[str, torch.Tensor],
     strict_encoder: bool = True,
     backbone: str | None = None,
     source: str | None = None,
+    min_share: float | None = None,
 ) -> int:
     """Copy tensors whose name and shape match from ``state`` into ``net``; return the count.
+
+    Every key that did not match (unexpected, misshapen, encoder tensors left out) is logged
+    by name as a warning.
 
     Args:
         net: network from :func:`build_segmentation_net`.
         state: pretrained tensors (e.g. ``Strategy.export_weights()``); a ``module.`` prefix
             (DataParallel) is stripped.
-        strict_encoder: also require every encoder tensor of ``net`` to be present with the
-            right shape (adapter tensors excepted) — a pretrained run must transfer its encoder.
+        strict_encoder: also require at least ``min_share`` of the encoder's elements (adapter
+            tensors excepted) to load — a pretrained run must transfer its encoder.
         backbone: defaults to ``net.selma3d_backbone``.
         source: file the weights came from, named in errors.
+        min_share: the least loaded share of the encoder (default: the schema's
+            ``finetune.min_loaded_share``).
     Raises:
-        InputError: nothing matched, or (strict) encoder tensors are missing / misshapen.
+        InputError: nothing matched, or (strict) less than ``min_share`` of the encoder loaded.
     """
+    from selma3d.core.schema import schema_default
+
     backbone = backbone or getattr(net, "selma3d_backbone", None)
-    own = net.state_dict()
-    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
-    matched = {k: v for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-    misshapen = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    if not matched:
+    rep = load_report(net, state, backbone)
+    if not rep.loaded:
+        names = sorted(rep.unexpected + [k for k, _, _ in rep.misshapen])
         raise InputError(
             source,
             f"pretrained tensors named and shaped as the {backbone} network's state dict",
-            f"0 of {len(state)} tensors match (e.g. {sorted(state)[:3]}; misshapen {misshapen[:3]})",
+            f"0 of {len(names)} tensors match (e.g. {names[:3]}; misshapen {[k for k, _, _ in rep.misshapen][:3]})",
         )
+    where = f" from {source}" if source else ""
+    for line in rep.lines():
+        log.warning("pretrained weights%s: %s", where, line)
     if strict_encoder and backbone:
-        prefixes = tuple(_net_prefixes(net, backbone))
-        need = [k for k in own if k.startswith(prefixes) and ".adapter." not in k]
-        missing = [k for k in need if k not in matched]
-        if missing:
+        least = float(schema_default("finetune.min_loaded_share") if min_share is None else min_share)
+        if rep.share < least:
             raise InputError(
                 source,
-                f"all {len(need)} encoder tensors of the {backbone} network",
-                f"{len(missing)} missing or misshapen, e.g. {missing[:3]}",
+                f"at least {least:.0%} of the {backbone} network's {rep.encoder_tensors} encoder tensors "
+                f"(by elements) loaded",
+                f"{rep.share:.1%}: {len(rep.missing_encoder)} encoder tensors missing or misshapen, e.g. "
+                f"{rep.missing_encoder[:3]}",
             )
+    own = net.state_dict()
+    loaded = {k.removeprefix("module."): v for k, v in state.items()}
     with torch.no_grad():
-        for k, v in matched.items():
-            own[k].copy_(v.to(own[k].device, own[k].dtype))
-    log.info("loaded %d/%d pretrained tensors (%d in network; %d misshapen)%s",
-             len(matched), len(state), len(own), len(misshapen), f" from {source}" if source else "")
-    return len(matched)
+        for k in rep.loaded:
+            own[k].copy_(loaded[k].to(own[k].device, own[k].dtype))
+    log.info("loaded pretrained weights%s: %s", where, rep.summary())
+    return len(rep.loaded)
 
 
 # ---------------------------------------------------------------------------------------------

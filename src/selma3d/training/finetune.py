@@ -197,7 +197,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     cfg = R.with_deep_supervision(cfg, rec)
     net = build_segmentation_net(cfg)
     if pretrained:
-        loaded = load_pretrained(net, payload["weights"])
+        loaded = load_pretrained(net, payload["weights"], source=str(pretrained),
+                                 min_share=settings["min_loaded_share"])
         log.info("loaded %d pretrained tensors from %s (%s)", loaded, pretrained, payload["strategy"])
     net = apply_finetune_mode(net, mode, cfg["backbone"]) or net
     net.to(device)

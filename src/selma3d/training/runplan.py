@@ -57,6 +57,8 @@ def strategy_net(strategy: str, model: Mapping[str, Any], blocks: Mapping[str, A
     if strategy == SCRATCH:
         return net_config(dict(model or {}), where="model")
     name = scratch_reference(strategy) or strategy
+    if is_external(name):  # published weights: the network of their config entry
+        return external_net(name, model, (blocks or {}).get(name))
     settings = strategies.resolve_strategy_config(name, model, (blocks or {}).get(name))
     return strategies.strategy_network(name, settings)
 
@@ -67,8 +69,9 @@ def pretrain_network(strategy: str, config: Mapping[str, Any]) -> dict[str, Any]
 
 
 def finetune_network(strategy: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The network a finetuning strategy (``scratch``, ``<s>``, ``scratch_<s>``) trains under ``config``."""
-    return strategy_net(strategy, config["model"], config.get("pretrain") or {})
+    """The network a finetuning strategy (``scratch``, ``<s>``, ``scratch_<s>``, ``ext_<name>``)
+    trains under ``config``."""
+    return strategy_net(strategy, config["model"], {**(config.get("pretrain") or {}), **external_nets(config)})
 
 
 def strategy_backbone(strategy: str, config: Mapping[str, Any]) -> str:
@@ -108,6 +111,9 @@ def check_strategies(config: dict[str, Any]) -> None:
                          f"know; known: {known_ssl}")
     for s in config["finetune"]["strategies"]:
         ref = scratch_reference(s)
+        if is_external(ref or s):
+            check_external(ref or s, config, weights_needed=ref is None)
+            continue
         if s in (SCRATCH, THRESHOLD):
             continue
         if ref is not None:
@@ -127,3 +133,78 @@ def baseline_for(strategy: str, strategies) -> str:
     """The "without SSL" run an SSL strategy is compared with: ``scratch_<s>`` when run, else ``scratch``."""
     own = SCRATCH_PREFIX + strategy
     return own if own in set(strategies) else SCRATCH
+
+
+# -- published pretrained weights (config block ``pretrained``) -------------------------------
+
+#: finetuning strategy ``ext_<name>`` starts from the weights of ``pretrained.<name>``
+EXTERNAL_PREFIX = "ext_"
+
+
+def is_external(strategy: str) -> bool:
+    """Whether a finetuning strategy starts from published weights (``ext_<name>``)."""
+    return strategy.startswith(EXTERNAL_PREFIX)
+
+
+def external_name(strategy: str) -> str | None:
+    """``swinvit_tang`` for ``ext_swinvit_tang`` and ``scratch_ext_swinvit_tang``; else None."""
+    name = scratch_reference(strategy) or strategy
+    return name[len(EXTERNAL_PREFIX):] if is_external(name) else None
+
+
+def external_entry(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``pretrained.<name>`` entry; a missing one is an error naming the known ones."""
+    known = config.get("pretrained") or {}
+    if name not in known:
+        raise ValueError(f"config: finetune.strategies lists {EXTERNAL_PREFIX}{name}, but pretrained.{name} is not "
+                         f"set; known: {sorted(known)} (add config/manifests/pretrained_weights.yaml with --configfile, or "
+                         f"an entry of your own)")
+    return dict(known[name])
+
+
+def external_nets(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{ext_<name>: network keys}`` of every ``pretrained`` entry (the blocks :func:`strategy_net`
+    reads): the format's published architecture, then the entry's ``net`` keys."""
+    from selma3d.nets.formats import CATALOG
+
+    out = {}
+    for n, e in (config.get("pretrained") or {}).items():
+        fmt = CATALOG.get(e.get("format"))
+        out[EXTERNAL_PREFIX + n] = {**(fmt.net if fmt else {}), **dict(e.get("net") or {})}
+    return out
+
+
+def external_net(strategy: str, model: Mapping[str, Any] | None, block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The network published weights fill: ``block`` (:func:`external_nets`: the format's
+    published architecture < the entry's ``net``); ``patch_size`` defaults to the ``model`` block's."""
+    from selma3d.nets.spec import net_config
+
+    block = dict(block or {})
+    out = {"patch_size": (model or {}).get("patch_size"), **block}
+    if out["patch_size"] is None:
+        out.pop("patch_size")
+    return net_config(out, where=f"pretrained.{strategy[len(EXTERNAL_PREFIX):]}.net")
+
+
+def check_external(strategy: str, config: Mapping[str, Any], weights_needed: bool = True) -> None:
+    """Refuse an ``ext_<name>`` run before any job: unknown entry or format, a network its
+    format cannot fill, or (when the weights are needed) no SHA-256 to verify the download."""
+    from selma3d.nets.formats import CATALOG
+
+    name = strategy[len(EXTERNAL_PREFIX):]
+    entry = external_entry(name, config)
+    fmt = CATALOG.get(entry["format"])
+    if fmt is None:
+        raise ValueError(f"config: pretrained.{name}.format {entry['format']!r} is no weights format; "
+                         f"known: {sorted(CATALOG)}")
+    if fmt.backbone is None:
+        raise ValueError(f"config: pretrained.{name}.format {entry['format']!r} maps onto no backbone of this "
+                         f"pipeline ({fmt.description})")
+    backbone = (entry.get("net") or {}).get("backbone")
+    if backbone != fmt.backbone:
+        raise ValueError(f"config: pretrained.{name}.net.backbone must be {fmt.backbone!r} for format "
+                         f"{entry['format']!r}; found {backbone!r}")
+    if weights_needed and not entry.get("sha256"):
+        raise ValueError(f"config: pretrained.{name}.sha256 is null: the source publishes no SHA-256 for "
+                         f"{entry['url']}; download it yourself, check it against what the source does publish, "
+                         f"and set pretrained.{name}.sha256 (the workflow never runs unverified weights)")
