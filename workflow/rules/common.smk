@@ -22,6 +22,8 @@ wildcard_constraints:
     budget=r"\d+|all",
     seed=r"\d+",
     protocol=r"selma3d2024|selma3d2026",
+    # pretraining data variant (pretrain.data_fractions x data_sources); "" = every patch
+    pdata=r"(@[a-z0-9._\-]+)?",
 
 
 def manifest_path():
@@ -71,19 +73,34 @@ def pretrain_units():
 
 
 def run_ids():
-    """(strategy, mode, budget, seed) for every finetuning run configured (selma3d.training.runplan)."""
-    return runplan.finetune_runs(config)
+    """(strategy, mode, budget, seed, pretraining data tag) for every finetuning run configured
+    (selma3d.training.runplan.scaled_runs)."""
+    return runplan.scaled_runs(config)
 
 
-def run_dir(kind, s, m, b, seed):
-    return f"{RESULTS}/{kind}/{s}/{m}/b{b}_s{seed}"
+def run_dir(kind, s, m, b, seed, pdata=""):
+    return f"{RESULTS}/{kind}/{s}{pdata}/{m}/b{b}_s{seed}"
 
 
 def pretrained_weights(wildcards):
     """The encoder weights a finetuning run starts from (none for scratch)."""
     if not runplan.is_pretrained(wildcards.strategy):
         return []
-    return f"{RESULTS}/pretrain/{wildcards.strategy}/encoder.pt"
+    return f"{RESULTS}/pretrain/{wildcards.strategy}{wildcards.pdata}/encoder.pt"
+
+
+def pretrain_input_indexes(wildcards):
+    """Every patch index (the default variant), or the variant's nested subset (pretrain_data)."""
+    if not wildcards.pdata:
+        return patch_indexes()
+    return f"{RESULTS}/pretrain_data/patches{wildcards.pdata}.csv"
+
+
+def pretrain_run_steps(wildcards):
+    """A strategy's steps (its block wins over pretrain.steps), scaled per pretrain.scale_steps."""
+    steps = strategy_block(wildcards).get("steps", config["pretrain"]["steps"])
+    fraction, _ = runplan.parse_data_tag(wildcards.pdata)
+    return runplan.pretrain_steps(steps, fraction, config["pretrain"]["scale_steps"])
 
 
 def scratch_net(wildcards):
@@ -142,7 +159,7 @@ def gpu_resources(kind="train"):
 
 def eval_tables(protocol):
     return [
-        f"{RESULTS}/eval/{protocol}/{s}/{m}/b{b}_s{seed}.csv" for s, m, b, seed in run_ids()
+        f"{RESULTS}/eval/{protocol}/{s}{d}/{m}/b{b}_s{seed}.csv" for s, m, b, seed, d in run_ids()
     ]
 
 

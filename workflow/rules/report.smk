@@ -29,7 +29,7 @@ rule figures_data:
 
 rule figures_pretrain:
     input:
-        curves=expand(rules.pretrain.output.curve, strategy=SSL_STRATEGIES),
+        curves=[f"{RESULTS}/pretrain/{s}{t}/loss.csv" for s, t in runplan.pretrain_ids(config)],
     output:
         curves=_report_fig("pretrain_loss", "pretrain_loss", "2. Pretraining", "Loss curves"),
         curves_pdf=_fig("pretrain_loss")[1],
