@@ -103,6 +103,27 @@ def pretrain_run_steps(wildcards):
     return runplan.pretrain_steps(steps, fraction, config["pretrain"]["scale_steps"])
 
 
+def scaling_runs():
+    """Pretrained run strategy (mae@f0.25) -> its pretraining steps and global batch, for the
+    scaling table (batch as the pretrain script resolves it)."""
+    from types import SimpleNamespace
+
+    out = {}
+    for s, t in runplan.pretrain_ids(config):
+        wc = SimpleNamespace(strategy=s, pdata=t)
+        block = strategy_block(wc)
+        team = runplan.strategies.resolve_strategy_config(s, config["model"], block)
+        batch = block.get("batch_size") or config["pretrain"]["batch_size"] or team.get("batch_size")
+        out[f"{s}{t}"] = {"steps": pretrain_run_steps(wc), "batch_size": batch}
+    return out
+
+
+def scaling_study():
+    """Whether the config pretrains on more than one data variant and finetunes from them."""
+    pretrained = any(runplan.is_pretrained(s) for s in config["finetune"]["strategies"])
+    return pretrained and len(runplan.data_tags(config)) > 1
+
+
 def scratch_net(wildcards):
     """For ``scratch_<s>``: the SSL strategy whose network to train, and its config block."""
     ref = runplan.scratch_reference(wildcards.strategy)
@@ -195,9 +216,13 @@ def report_outputs():
              "dice_vs_budget", "ssl_ablation", "distributions"]
     if SSL_STRATEGIES:
         names.append("pretrain_loss")
+    if scaling_study():
+        names.append("pretrain_scaling")
     out = [p for n in names for p in _fig(n)]
     out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
     out += table_pages()
+    if scaling_study():
+        out += [f"{TABLES}/scaling.md", f"{TABLES}/scaling.csv"]
     out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html", f"{RESULTS}/report/plan.html"]
     return out
 

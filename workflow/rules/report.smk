@@ -95,6 +95,29 @@ rule figures:
         "../scripts/figures.py"
 
 
+rule scaling:
+    input:
+        cases=rules.leaderboard.output.cases,
+        subsets=[f"{RESULTS}/pretrain_data/patches{t}.csv" for t in runplan.data_tags(config)],
+    output:
+        figure=_report_fig("pretrain_scaling", "pretrain_scaling", "4. Evaluation", "Pretraining-data scaling"),
+        figure_pdf=_fig("pretrain_scaling")[1],
+        table_md=f"{TABLES}/scaling.md",
+        table_csv=f"{TABLES}/scaling.csv",
+    log:
+        f"{RESULTS}/logs/scaling.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scaling.tsv"
+    params:
+        runs=scaling_runs(),
+        budget=FIGURES["budget"],
+        protocol=FIGURES["protocol"],
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/scaling.py"
+
+
 rule tables:
     input:
         cases=rules.leaderboard.output.cases,
