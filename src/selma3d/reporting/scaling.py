@@ -12,16 +12,26 @@ pretraining (``scratch`` or ``scratch_<strategy>``) as a horizontal line.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
-from selma3d.reporting.style import (default_protocol, group_order, metric_label, metric_scale, no_data_figure,
-                                     panel_group, pyplot, save_figure, strategy_colours, strategy_order)
+from selma3d.reporting.style import (
+    default_protocol,
+    group_order,
+    metric_label,
+    metric_scale,
+    no_data_figure,
+    panel_group,
+    pyplot,
+    save_figure,
+    strategy_colours,
+    strategy_order,
+)
 from selma3d.reporting.tables import DEFAULT_UNSEEN, budget_order, read_cases
 from selma3d.training.runplan import baseline_for, pretrain_data, split_run_strategy
 
@@ -38,7 +48,7 @@ def subset_sizes(index_csvs: Sequence[str | Path]) -> dict[str, int]:
     for path in map(Path, index_csvs):
         if not path.name.startswith(SUBSET_PREFIX) or path.suffix != ".csv":
             raise InputError(path, f"a pretraining subset index {SUBSET_PREFIX}<tag>.csv", path.name)
-        sizes[path.stem[len(SUBSET_PREFIX):]] = int(len(pd.read_csv(path, usecols=["patch"])))
+        sizes[path.stem[len(SUBSET_PREFIX):]] = len(pd.read_csv(path, usecols=["patch"]))
     return sizes
 
 
@@ -84,7 +94,7 @@ def scaling_table(cases: pd.DataFrame, patches: Mapping[str, int], protocol: str
             "protocol": protocol, "budget": budget, "panel": panel, "strategy": strategy, "source": data[1],
             "mode": mode, "pretrain_fraction": data[0], "patches": patches.get(tag, math.nan),
             "pretrain_steps": steps, "samples_seen": seen, "metric": metric, "mean": mean,
-            "std": float(seeds.std(ddof=1)) if len(seeds) > 1 else math.nan, "n_seeds": int(len(seeds)),
+            "std": float(seeds.std(ddof=1)) if len(seeds) > 1 else math.nan, "n_seeds": len(seeds),
             "baseline": ref, "baseline_mean": b_mean,
             "baseline_std": float(base_seeds.std(ddof=1)) if len(base_seeds) > 1 else math.nan,
             "delta": mean - b_mean,
@@ -110,9 +120,10 @@ def render_scaling_markdown(table: pd.DataFrame) -> str:
     metric = str(table["metric"].iloc[0])
     panels = group_order(table["panel"])
     head = ["strategy", "source", "mode", "fraction", "patches", "steps"] + panels
-    lines = [f"Test {metric_label(metric)} (%) vs pretraining data ({table['protocol'].iloc[0]}, label budget "
-             f"{table['budget'].iloc[0]}); mean ± std over seeds (each seed: mean over the panel's cases); "
-             "Δ = with − without SSL, in points.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    note = (f"Test {metric_label(metric)} (%) vs pretraining data ({table['protocol'].iloc[0]}, label budget "
+            f"{table['budget'].iloc[0]}); mean ± std over seeds (each seed: mean over the panel's cases); "
+            "Δ = with − without SSL, in points.")
+    lines = [note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     idx = table.set_index(["strategy", "source", "mode", "pretrain_fraction", "panel"])
     keys = list(dict.fromkeys(table[["strategy", "source", "mode", "pretrain_fraction"]].itertuples(index=False)))
     for key in keys:
