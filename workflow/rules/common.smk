@@ -93,7 +93,7 @@ def pretrain_input_indexes(wildcards):
     """Every patch index (the default variant), or the variant's nested subset (pretrain_data)."""
     if not wildcards.pdata:
         return patch_indexes()
-    return f"{RESULTS}/pretrain_data/patches{wildcards.pdata}.csv"
+    return [f"{RESULTS}/pretrain_data/patches{wildcards.pdata}.csv"]
 
 
 def pretrain_run_steps(wildcards):
