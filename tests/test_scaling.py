@@ -260,3 +260,25 @@ def test_scaling_figure_has_log_x_one_line_per_strategy_and_the_scratch_level(tm
     assert len(ax.collections) == 1  # the seeds' band
     with pytest.raises(InputError, match="patches<tag>"):
         S.subset_sizes([tmp_path / "cases.csv"])
+
+
+@pytest.mark.slow
+def test_a_fraction_pretrains_on_its_nested_subset_end_to_end(tmp_path):
+    """config/tiny.yaml with a half: pretrain_data draws the subset, pretrain reads only it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    r = tmp_path / "r"
+    (tmp_path / "half.yaml").write_text(yaml.safe_dump({"results_dir": str(r),
+                                                        "pretrain": {"data_fractions": [0.5, 1.0]}}))
+    res = subprocess.run([sys.executable, "-m", "snakemake", f"{r}/pretrain/mae@f0.5/encoder.pt", "--nolock",
+                          "--cores", "2", "--configfile", "config/tiny.yaml", str(tmp_path / "half.yaml")],
+                         cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    full = load_patch_index(sorted((r / "patches").glob("*.csv")))
+    half = load_patch_index([r / "pretrain_data" / "patches@f0.5.csv"])
+    assert len(half) == math.ceil(len(full) / 2) and _keys(half) < _keys(full)
+    assert f"pretraining mae on {len(half)} patches" in (r / "logs" / "pretrain" / "mae@f0.5.log").read_text()
+    assert not (r / "pretrain" / "mae").exists()  # the full variant was not asked for
