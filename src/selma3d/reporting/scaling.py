@@ -193,6 +193,9 @@ def scaling_figure(table: pd.DataFrame, out: str | Path):
             ax.fill_between(x, y - s, y + s, color=colours[strategy], alpha=0.18, lw=0)
             handles.setdefault(label, h)
         ax.set_xscale("log")
+        ticks = sorted({int(v) for v in sub["patches"].dropna()})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_title(panel)
         ax.set_xlabel("unannotated patches seen (log)")
         ax.grid(alpha=0.3, lw=0.5, which="both")
@@ -203,8 +206,8 @@ def scaling_figure(table: pd.DataFrame, out: str | Path):
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, -0.04))
     fig.suptitle(f"Test {metric_label(metric)} vs unannotated patches seen in pretraining ({table['protocol'].iloc[0]}, "
-                 f"label budget {table['budget'].iloc[0]}): mean over {n_seeds} seed(s), band ± std; dashed: "
-                 "without SSL", fontsize=8)
+                 f"label budget {table['budget'].iloc[0]})\nmean over {n_seeds} seed(s), band ± std; dashed: "
+                 "without SSL (dotted: ± std)", fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(fig, out)
 
