@@ -7,6 +7,9 @@ README.md; nothing between the markers is typed by hand. Sources:
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
   the run's date, machine and job times), copied from a workflow run's results folder by
   ``--study``;
+- ``scaling_synthetic``, ``scaling_real``: ``docs/studies/ssl_scaling/`` and
+  ``docs/studies/real_selma_scaling/`` (the pretraining-data scaling table and figure of a run,
+  copied by ``--study`` like ``ssl_real``);
 - ``performance``: the newest ``benchmarks/results/<benchmark>_<date>.json`` of each benchmark
   that states a ``readme`` row (path, measured, reference, ratio, goal).
 
@@ -94,15 +97,39 @@ def ssl_real_section(name: str = "real_selma_ssl") -> str:
         return f"_Not run yet: `python benchmarks/readme.py --study {name} RESULTS_DIR` copies a finished run._\n"
     meta = json.loads((folder / "meta.json").read_text())
     cases = pd.read_csv(folder / "cases.csv", dtype={"budget": str})
-    job_min = sum(meta["job_s"].values()) / 60
-    head = (f"Generated from the workflow run of {', '.join(f'`{c}`' for c in meta['configfiles'])} on "
-             f"{meta['date']} ({meta['machine']}); validation Dice in % (validation = the scored split), "
-             f"mean ± std over seeds of each seed's mean over the cases; Δ: the strategy's mean minus "
-             f"scratch's, same budget and seed. Jobs took {job_min:.0f} CPU-job-minutes in all "
-             f"({', '.join(f'{k} {v / 60:.0f}' for k, v in sorted(meta['job_s'].items(), key=lambda kv: -kv[1])[:4])}).")
+    head = (f"{run_caption(meta)}; validation Dice in % (validation = the scored split), "
+            f"mean ± std over seeds of each seed's mean over the cases; Δ: the strategy's mean minus "
+            f"scratch's, same budget and seed. {job_times(meta)}")
     lines = [head, "", *ssl_table(cases), ""]
     if (folder / "dice_vs_budget.png").exists():
         lines += [f"![Validation Dice vs label budget, real data]({rel(folder / 'dice_vs_budget.png')})", ""]
+    return "\n".join(lines)
+
+
+def run_caption(meta: dict) -> str:
+    """Which configs ran, when and on what machine."""
+    return (f"Generated from the workflow run of {', '.join(f'`{c}`' for c in meta['configfiles'])} on "
+            f"{meta['date']} ({meta['machine']})")
+
+
+def job_times(meta: dict) -> str:
+    """The run's job time in all and its four most expensive rules (Snakemake's benchmark files)."""
+    top = sorted(meta["job_s"].items(), key=lambda kv: -kv[1])[:4]
+    return (f"Jobs took {sum(meta['job_s'].values()) / 60:.0f} CPU-job-minutes in all "
+            f"({', '.join(f'{k} {v / 60:.0f}' for k, v in top)}).")
+
+
+def scaling_section(name: str) -> str:
+    """A pretraining-data scaling study: the workflow's tables/scaling.md and its figure."""
+    folder = STUDIES / name
+    if not (folder / "scaling.md").exists():
+        return f"_Not run yet: `python benchmarks/readme.py --study {name} RESULTS_DIR` copies a finished run._\n"
+    meta = json.loads((folder / "meta.json").read_text())
+    body = [ln for ln in (folder / "scaling.md").read_text().splitlines() if not ln.startswith("# ")]
+    lines = [f"{run_caption(meta)}. {job_times(meta)}", *body]
+    if (folder / "pretrain_scaling.png").exists():
+        alt = f"Test Dice vs unannotated patches seen in pretraining ({name}, {meta['date']}, {meta['machine']})"
+        lines += [f"![{alt}]({rel(folder / 'pretrain_scaling.png')})", ""]
     return "\n".join(lines)
 
 
@@ -121,7 +148,9 @@ def performance_section() -> str:
                       "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
-SECTIONS = {"recipe": recipe_section, "ssl_real": ssl_real_section, "performance": performance_section}
+SECTIONS = {"recipe": recipe_section, "ssl_real": ssl_real_section, "performance": performance_section,
+            "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
+            "scaling_real": lambda: scaling_section("real_selma_scaling")}
 
 
 def render(text: str) -> str:
@@ -135,16 +164,18 @@ def render(text: str) -> str:
 
 
 def copy_study(name: str, results: Path, configfiles: list[str]) -> None:
-    """Copy a finished run's per-case scores and label-efficiency figure into docs/studies/NAME."""
+    """Copy a finished run's per-case scores, label-efficiency figure and (a scaling study) scaling
+    table and figure into docs/studies/NAME."""
     cases = results / "leaderboard" / "cases.csv"
     if not cases.exists():
         sys.exit(f"{cases}: expected the leaderboard's per-case table of a finished run; not found")
     out = STUDIES / name
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cases, out / "cases.csv")
-    fig = results / "figures" / "dice_vs_budget.png"
-    if fig.exists():
-        shutil.copyfile(fig, out / "dice_vs_budget.png")
+    for made in (results / "figures" / "dice_vs_budget.png", results / "figures" / "pretrain_scaling.png",
+                 results / "tables" / "scaling.md", results / "tables" / "scaling.csv"):
+        if made.exists():
+            shutil.copyfile(made, out / made.name)
     job_s: dict[str, float] = {}
     for tsv in (results / "benchmarks").rglob("*.tsv"):
         rule = tsv.relative_to(results / "benchmarks").parts[0].removesuffix(".tsv")

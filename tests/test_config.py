@@ -48,6 +48,7 @@ EXPECTED = {
     "ssl_benchmark.yaml": {**{s: UNET_32 for s in ("scratch", "mae", "byol", "simclr", "swin_multitask",
                                                    "mae_text")},
                            "dino": SMALL_VIT, "scratch_dino": SMALL_VIT},
+    "ssl_scaling.yaml": {s: UNET_32 for s in ("scratch", "mae", "simclr")},
     "selma3d_2024.yaml": CHALLENGE,
     "selma3d_2025.yaml": CHALLENGE,
     "selma3d_2026_task1.yaml": CHALLENGE,

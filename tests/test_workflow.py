@@ -45,8 +45,10 @@ def test_2026_scale_dry_run_is_fast(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = {line.split()[0]: int(line.split()[1]) for line in res.stdout.splitlines()
             if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert jobs["ingest"] == 66 and jobs["pretrain"] == 6
-    assert jobs["finetune"] == 7 * 2 * 3 * 3
+    # the scaling axis: 6 strategies x 4 pretraining data fractions, each finetuned
+    assert jobs["ingest"] == 66 and jobs["pretrain"] == 6 * 4 and jobs["pretrain_data"] == 4
+    assert jobs["finetune"] == (1 + 6 * 4) * 2 * 3 * 3 and jobs["scaling"] == 1
+    assert "pretrain/mae@f0.125/encoder.pt" in res.stdout and "finetune/dino@f0.5/frozen/b5_s2" in res.stdout
     print(f"2026-scale dry-run: {elapsed:.1f} s for {jobs['total']} jobs")
 
 

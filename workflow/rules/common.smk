@@ -22,6 +22,8 @@ wildcard_constraints:
     budget=r"\d+|all",
     seed=r"\d+",
     protocol=r"selma3d2024|selma3d2026",
+    # pretraining data variant (pretrain.data_fractions x data_sources); "" = every patch
+    pdata=r"(@[a-z0-9._\-]+)?",
 
 
 def manifest_path():
@@ -71,12 +73,13 @@ def pretrain_units():
 
 
 def run_ids():
-    """(strategy, mode, budget, seed) for every finetuning run configured (selma3d.training.runplan)."""
-    return runplan.finetune_runs(config)
+    """(strategy, mode, budget, seed, pretraining data tag) for every finetuning run configured
+    (selma3d.training.runplan.scaled_runs)."""
+    return runplan.scaled_runs(config)
 
 
-def run_dir(kind, s, m, b, seed):
-    return f"{RESULTS}/{kind}/{s}/{m}/b{b}_s{seed}"
+def run_dir(kind, s, m, b, seed, pdata=""):
+    return f"{RESULTS}/{kind}/{s}{pdata}/{m}/b{b}_s{seed}"
 
 
 def pretrained_weights(wildcards):
@@ -85,7 +88,42 @@ def pretrained_weights(wildcards):
         return []
     if runplan.is_external(wildcards.strategy):  # published weights (weights.smk)
         return f"{RESULTS}/weights/{runplan.external_name(wildcards.strategy)}/encoder.pt"
-    return f"{RESULTS}/pretrain/{wildcards.strategy}/encoder.pt"
+    return f"{RESULTS}/pretrain/{wildcards.strategy}{wildcards.pdata}/encoder.pt"
+
+
+def pretrain_input_indexes(wildcards):
+    """Every patch index (the default variant), or the variant's nested subset (pretrain_data)."""
+    if not wildcards.pdata:
+        return patch_indexes()
+    return [f"{RESULTS}/pretrain_data/patches{wildcards.pdata}.csv"]
+
+
+def pretrain_run_steps(wildcards):
+    """A strategy's steps (its block wins over pretrain.steps), scaled per pretrain.scale_steps."""
+    steps = strategy_block(wildcards).get("steps", config["pretrain"]["steps"])
+    fraction, _ = runplan.parse_data_tag(wildcards.pdata)
+    return runplan.pretrain_steps(steps, fraction, config["pretrain"]["scale_steps"])
+
+
+def scaling_runs():
+    """Pretrained run strategy (mae@f0.25) -> its pretraining steps and global batch, for the
+    scaling table (batch as the pretrain script resolves it)."""
+    from types import SimpleNamespace
+
+    out = {}
+    for s, t in runplan.pretrain_ids(config):
+        wc = SimpleNamespace(strategy=s, pdata=t)
+        block = strategy_block(wc)
+        team = runplan.strategies.resolve_strategy_config(s, config["model"], block)
+        batch = block.get("batch_size") or config["pretrain"]["batch_size"] or team.get("batch_size")
+        out[f"{s}{t}"] = {"steps": pretrain_run_steps(wc), "batch_size": batch}
+    return out
+
+
+def scaling_study():
+    """Whether the config pretrains on more than one data variant and finetunes from them."""
+    pretrained = any(runplan.is_pretrained(s) for s in config["finetune"]["strategies"])
+    return pretrained and len(runplan.data_tags(config)) > 1
 
 
 def scratch_net(wildcards):
@@ -146,7 +184,7 @@ def gpu_resources(kind="train"):
 
 def eval_tables(protocol):
     return [
-        f"{RESULTS}/eval/{protocol}/{s}/{m}/b{b}_s{seed}.csv" for s, m, b, seed in run_ids()
+        f"{RESULTS}/eval/{protocol}/{s}{d}/{m}/b{b}_s{seed}.csv" for s, m, b, seed, d in run_ids()
     ]
 
 
@@ -182,9 +220,13 @@ def report_outputs():
              "dice_vs_budget", "ssl_ablation", "distributions"]
     if SSL_STRATEGIES:
         names.append("pretrain_loss")
+    if scaling_study():
+        names.append("pretrain_scaling")
     out = [p for n in names for p in _fig(n)]
     out += [f"{TABLES}/{n}" for n in ("tables.md", "tables.tex", "table6.md", "table6.csv", "table6.tex")]
     out += table_pages()
+    if scaling_study():
+        out += [f"{TABLES}/scaling.md", f"{TABLES}/scaling.csv"]
     out += [f"{RESULTS}/report/config.yaml", f"{RESULTS}/report/config.html", f"{RESULTS}/report/plan.html"]
     return out
 

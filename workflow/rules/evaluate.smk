@@ -6,11 +6,11 @@ rule evaluate:
         manifest=manifest_path(),
         predictions=rules.infer.output.predictions,
     output:
-        cases=f"{RESULTS}/eval/{{protocol}}/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.csv",
+        cases=f"{RESULTS}/eval/{{protocol}}/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.csv",
     log:
-        f"{RESULTS}/logs/eval/{{protocol}}/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.log",
+        f"{RESULTS}/logs/eval/{{protocol}}/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/eval/{{protocol}}/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/eval/{{protocol}}/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
     params:
         workers=config["evaluate"]["workers"],
         ignore_label=config["finetune"]["ignore_label"],

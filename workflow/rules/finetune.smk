@@ -45,12 +45,12 @@ rule finetune:
         pretrained=pretrained_weights,
         plan=finetune_plan,
     output:
-        model=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
-        curve=f"{RESULTS}/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/train_log.csv",
+        model=f"{RESULTS}/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
+        curve=f"{RESULTS}/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/train_log.csv",
     log:
-        f"{RESULTS}/logs/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.log",
+        f"{RESULTS}/logs/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/finetune/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
     params:
         model=config["model"],
         scratch_net=scratch_net,

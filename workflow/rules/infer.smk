@@ -7,12 +7,12 @@ rule infer:
         model=rules.finetune.output.model,
     output:
         predictions=directory(
-            f"{RESULTS}/predictions/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}"
+            f"{RESULTS}/predictions/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}"
         ),
     log:
-        f"{RESULTS}/logs/infer/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.log",
+        f"{RESULTS}/logs/infer/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/infer/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/infer/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
     params:
         settings=config["infer"],
         normalize=config["finetune"]["normalize"],

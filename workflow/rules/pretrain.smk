@@ -1,26 +1,45 @@
-# Self-supervised pretraining, one job per strategy (GPU; pretrain.gpus > 1: DDP via torchrun).
+# Self-supervised pretraining, one job per strategy and pretraining data variant (GPU;
+# pretrain.gpus > 1: DDP via torchrun). A variant other than every patch (pdata "") reads the
+# nested subset pretrain_data draws (pretrain.data_fractions x data_sources).
+
+
+rule pretrain_data:
+    input:
+        indexes=patch_indexes,
+    output:
+        index=f"{RESULTS}/pretrain_data/patches{{pdata}}.csv",
+    log:
+        f"{RESULTS}/logs/pretrain_data/patches{{pdata}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/pretrain_data/patches{{pdata}}.tsv"
+    params:
+        subset=lambda wc: runplan.data_subset(config, wc.pdata),
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/pretrain_data.py"
 
 
 rule pretrain:
     input:
-        indexes=patch_indexes,
+        indexes=pretrain_input_indexes,
         stores=patch_stores,
     output:
-        weights=f"{RESULTS}/pretrain/{{strategy}}/encoder.pt",
-        curve=f"{RESULTS}/pretrain/{{strategy}}/loss.csv",
+        weights=f"{RESULTS}/pretrain/{{strategy}}{{pdata}}/encoder.pt",
+        curve=f"{RESULTS}/pretrain/{{strategy}}{{pdata}}/loss.csv",
     log:
-        f"{RESULTS}/logs/pretrain/{{strategy}}.log",
+        f"{RESULTS}/logs/pretrain/{{strategy}}{{pdata}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/pretrain/{{strategy}}.tsv"
+        f"{RESULTS}/benchmarks/pretrain/{{strategy}}{{pdata}}.tsv"
     params:
         strategy_config=strategy_block,
         model=config["model"],
-        steps=lambda wc: strategy_block(wc).get("steps", config["pretrain"]["steps"]),
+        steps=pretrain_run_steps,
         batch_size=config["pretrain"]["batch_size"],
         num_workers=config["pretrain"]["num_workers"],
         log_every=config["pretrain"]["log_every"],
         checkpoint_every=config["pretrain"]["checkpoint_every"],
-        checkpoint_dir=lambda wc: f"{RESULTS}/checkpoints/pretrain/{wc.strategy}",
+        checkpoint_dir=lambda wc: f"{RESULTS}/checkpoints/pretrain/{wc.strategy}{wc.pdata}",
         precision=config["pretrain"]["precision"],
         gpus=config["pretrain"]["gpus"],
         speed={

@@ -29,7 +29,7 @@ rule figures_data:
 
 rule figures_pretrain:
     input:
-        curves=expand(rules.pretrain.output.curve, strategy=SSL_STRATEGIES),
+        curves=[f"{RESULTS}/pretrain/{s}{t}/loss.csv" for s, t in runplan.pretrain_ids(config)],
     output:
         curves=_report_fig("pretrain_loss", "pretrain_loss", "2. Pretraining", "Loss curves"),
         curves_pdf=_fig("pretrain_loss")[1],
@@ -93,6 +93,29 @@ rule figures:
         "../../envs/core.yaml"
     script:
         "../scripts/figures.py"
+
+
+rule scaling:
+    input:
+        cases=rules.leaderboard.output.cases,
+        subsets=[f"{RESULTS}/pretrain_data/patches{t}.csv" for t in runplan.data_tags(config)],
+    output:
+        figure=_report_fig("pretrain_scaling", "pretrain_scaling", "4. Evaluation", "Pretraining-data scaling"),
+        figure_pdf=_fig("pretrain_scaling")[1],
+        table_md=f"{TABLES}/scaling.md",
+        table_csv=f"{TABLES}/scaling.csv",
+    log:
+        f"{RESULTS}/logs/scaling.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scaling.tsv"
+    params:
+        runs=scaling_runs(),
+        budget=FIGURES["budget"],
+        protocol=FIGURES["protocol"],
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/scaling.py"
 
 
 rule tables:

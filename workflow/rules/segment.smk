@@ -14,12 +14,12 @@ rule segment_volume:
         volume=lambda wc: SEGMENT["volumes"][wc.volume],
     output:
         prediction=directory(
-            f"{RESULTS}/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.ome.zarr"
+            f"{RESULTS}/segment/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.ome.zarr"
         ),
     log:
-        f"{RESULTS}/logs/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.log",
+        f"{RESULTS}/logs/segment/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/segment/{{strategy}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.tsv"
+        f"{RESULTS}/benchmarks/segment/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.tsv"
     params:
         settings={k: v for k, v in SEGMENT.items() if k not in ("volumes", "runs")},
     resources:

@@ -26,8 +26,12 @@ from selma3d.core.errors import InputError
 from selma3d.core.text import tex_escape
 from selma3d.evaluation.metrics import METRIC_COLUMNS, PROTOCOLS
 from selma3d.core.structures import CATEGORIES, structure_type_2024
+from selma3d.training.runplan import pretrain_data
 
 RUN_KEYS = ("strategy", "mode", "budget")
+#: the pretraining data a run started from, read from its strategy (``mae@f0.25``: a quarter of
+#: the unannotated patches, source ``all``); empty for runs without pretraining
+PRETRAIN_COLUMNS = ("pretrain_fraction", "pretrain_source")
 UNKNOWN = "unknown"
 
 #: metrics shown per group in the paper-style tables
@@ -167,7 +171,18 @@ def build_table(cases: pd.DataFrame, protocol: str) -> pd.DataFrame:
             rows.append(dict(zip(RUN_KEYS + ("group",), key)) | {"metric": m, "n_seeds": int(sub["seed"].nunique())}
                         | stats(sub[m]))
     cols = list(RUN_KEYS) + ["group", "metric", "mean", "std", "n", "n_nan", "n_seeds"]
-    return pd.DataFrame(rows, columns=cols)
+    return with_pretrain_data(pd.DataFrame(rows, columns=cols))
+
+
+def with_pretrain_data(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with :data:`PRETRAIN_COLUMNS` after ``strategy``: the fraction and source of the
+    unannotated patches each run's encoder was pretrained on (NaN and "" without pretraining)."""
+    data = [pretrain_data(str(s)) for s in table["strategy"]]
+    out = table.drop(columns=[c for c in PRETRAIN_COLUMNS if c in table.columns])
+    at = list(out.columns).index("strategy") + 1
+    out.insert(at, "pretrain_source", [d[1] if d else "" for d in data])
+    out.insert(at, "pretrain_fraction", [d[0] if d else math.nan for d in data])
+    return out
 
 
 def group_ranks(table: pd.DataFrame, protocol: str, what: str) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
@@ -340,7 +355,8 @@ def render_latex(table: pd.DataFrame, protocol: str) -> str:
 def collect_eval_tables(paths) -> dict[str, pd.DataFrame]:
     """Per-case CSVs named ``.../{protocol}/{strategy}/{mode}/b{budget}_s{seed}.csv`` -> {protocol: cases}.
 
-    The run columns (strategy, mode, budget, seed) are taken from the path.
+    The run columns (strategy, mode, budget, seed) are taken from the path, and the pretraining
+    data of the run (:data:`PRETRAIN_COLUMNS`) from its strategy folder (``mae@f0.25``).
     """
     import re
 
@@ -358,7 +374,7 @@ def collect_eval_tables(paths) -> dict[str, pd.DataFrame]:
         df.insert(0, "budget", budget)
         df.insert(0, "mode", mode)
         df.insert(0, "strategy", strategy)
-        parts.setdefault(protocol, []).append(df)
+        parts.setdefault(protocol, []).append(with_pretrain_data(df))
     if not parts:
         raise InputError(None, "at least one per-case table", "none")
     return {p: pd.concat(v, ignore_index=True) for p, v in parts.items()}

@@ -39,7 +39,7 @@ BASELINE = SCRATCH
 #: structures never annotated in the challenge's training data (scored as "unseen")
 DEFAULT_UNSEEN = frozenset({"microglia"})
 TABLE6_COLUMNS = [
-    "protocol", "structure", "seen", "group", "strategy", "mode", "budget", "metric",
+    "protocol", "structure", "seen", "group", "strategy", "pretrain_fraction", "pretrain_source", "mode", "budget", "metric",
     "ssl_mean", "ssl_std", "ssl_n", "baseline", "baseline_mode", "baseline_mean", "baseline_std", "baseline_n",
     "delta", "ssl_better",
 ]
@@ -122,7 +122,8 @@ def ablation_table(cases: pd.DataFrame, protocol: str, baseline: str = BASELINE,
             delta = float(r["mean"]) - b_mean
             rows.append({
                 "protocol": protocol, "structure": structure, "seen": structure not in unseen, "group": group,
-                "strategy": r["strategy"], "mode": r["mode"], "budget": r["budget"], "metric": r["metric"],
+                "strategy": r["strategy"], "pretrain_fraction": r["pretrain_fraction"],
+                "pretrain_source": r["pretrain_source"], "mode": r["mode"], "budget": r["budget"], "metric": r["metric"],
                 "ssl_mean": float(r["mean"]), "ssl_std": float(r["std"]), "ssl_n": int(r["n"]),
                 "baseline": ref, "baseline_mode": bmode if b is not None else "",
                 "baseline_mean": b_mean, "baseline_std": float(b["std"]) if b is not None else math.nan,

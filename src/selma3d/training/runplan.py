@@ -15,6 +15,7 @@ shape the plan beyond the plain product strategies × modes × budgets × seeds:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,8 +131,9 @@ def check_strategies(config: dict[str, Any]) -> None:
 
 
 def baseline_for(strategy: str, strategies) -> str:
-    """The "without SSL" run an SSL strategy is compared with: ``scratch_<s>`` when run, else ``scratch``."""
-    own = SCRATCH_PREFIX + strategy
+    """The "without SSL" run an SSL strategy (``mae``, or ``mae@f0.25`` pretrained on a data
+    variant) is compared with: ``scratch_<s>`` when run, else ``scratch``."""
+    own = SCRATCH_PREFIX + split_run_strategy(strategy)[0]
     return own if own in set(strategies) else SCRATCH
 
 
@@ -208,3 +210,94 @@ def check_external(strategy: str, config: Mapping[str, Any], weights_needed: boo
         raise ValueError(f"config: pretrained.{name}.sha256 is null: the source publishes no SHA-256 for "
                          f"{entry['url']}; download it yourself, check it against what the source does publish, "
                          f"and set pretrained.{name}.sha256 (the workflow never runs unverified weights)")
+
+# ------------------------------------------------------------------ pretraining-data scaling
+#
+# ``pretrain.data_fractions`` × ``pretrain.data_sources`` are the pretraining data variants
+# (SELMA3D 2026 Task 2: how SSL gains scale with the amount and diversity of unannotated data).
+# A variant is a tag appended to a pretrained strategy's folder: ``mae`` (every patch of every
+# source, the default), ``mae@f0.25`` (a nested quarter), ``mae@nuclei`` (source ``nuclei``),
+# ``mae@f0.25-nuclei``. Finetuning runs of a pretrained strategy carry the tag of the encoder
+# they started from (``finetune/mae@f0.25/full/b5_s0``), so the leaderboard tells them apart.
+
+DATA_SEP = "@"
+#: the source of every unannotated patch (no tag)
+ALL_SOURCES = "all"
+SCALE_STEPS = ("same_steps", "same_epochs")
+
+
+def data_tag(fraction: float, source: str = ALL_SOURCES) -> str:
+    """``""`` for all of every source, else ``@f<fraction>``, ``@<source>`` or ``@f<fraction>-<source>``."""
+    parts = [] if float(fraction) == 1.0 else [f"f{float(fraction):g}"]
+    if source != ALL_SOURCES:
+        parts.append(source)
+    return DATA_SEP + "-".join(parts) if parts else ""
+
+
+def parse_data_tag(tag: str) -> tuple[float, str]:
+    """(fraction, source) of a tag made by :func:`data_tag` (``""``: ``(1.0, "all")``)."""
+    if not tag:
+        return 1.0, ALL_SOURCES
+    if not tag.startswith(DATA_SEP):
+        raise ValueError(f"pretraining data tag {tag!r}: expected '' or '{DATA_SEP}...'")
+    first, _, rest = tag[len(DATA_SEP):].partition("-")
+    if first[:1] == "f" and first[1:2].isdigit():
+        return float(first[1:]), rest or ALL_SOURCES
+    return 1.0, tag[len(DATA_SEP):]
+
+
+def split_run_strategy(name: str) -> tuple[str, str]:
+    """``mae@f0.25`` -> ``("mae", "@f0.25")``; a name without a tag -> ``(name, "")``."""
+    strategy, sep, rest = str(name).partition(DATA_SEP)
+    return strategy, sep + rest
+
+
+def pretrain_data(name: str) -> tuple[float, str] | None:
+    """(fraction, source) of the pretraining data a finetuning run (``mae@f0.25``) started from;
+    None for runs without pretraining (``scratch``, ``scratch_<s>``, ``threshold``)."""
+    strategy, tag = split_run_strategy(name)
+    return parse_data_tag(tag) if is_pretrained(strategy) and not is_external(strategy) else None
+
+
+def data_tags(config: Mapping[str, Any]) -> list[str]:
+    """Every pretraining data variant configured: sources (``all`` when none) × fractions."""
+    pre = config["pretrain"]
+    sources = list(pre.get("data_sources") or {}) or [ALL_SOURCES]
+    fractions = sorted({float(f) for f in pre.get("data_fractions") or [1.0]})
+    return [data_tag(f, s) for s in sources for f in fractions]
+
+
+def pretrain_ids(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(strategy, tag) of every pretraining job: each SSL strategy × each data variant."""
+    return [(s, t) for s in config["pretrain"]["strategies"] for t in data_tags(config)]
+
+
+def scaled_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """:func:`finetune_runs` with the pretraining data tag: a pretrained strategy runs once per
+    data variant, the others (no pretraining) once with tag ``""``."""
+    tags = data_tags(config)
+    return [(s, m, b, seed, t) for s, m, b, seed in finetune_runs(config)
+            for t in (tags if is_pretrained(s) and not is_external(s) else [""])]
+
+
+def pretrain_steps(steps: int, fraction: float, scale: str) -> int:
+    """Steps of a pretraining run on ``fraction`` of the patches: ``same_steps`` keeps ``steps``
+    (same compute, more passes over less data); ``same_epochs`` scales them with the data
+    (``ceil(steps × fraction)``, at least 1: the passes over the data of a full run)."""
+    if scale not in SCALE_STEPS:
+        raise ValueError(f"pretrain.scale_steps {scale!r}: expected one of {SCALE_STEPS}")
+    if not 0 < float(fraction) <= 1:
+        raise ValueError(f"pretraining data fraction {fraction!r}: expected 0 < fraction <= 1")
+    return int(steps) if scale == "same_steps" else max(1, math.ceil(int(steps) * float(fraction) - 1e-9))
+
+
+def data_subset(config: Mapping[str, Any], tag: str) -> dict[str, Any]:
+    """What the ``pretrain_data`` rule draws for a tag: fraction, source, the structures or
+    categories it keeps (empty: all) and the seed."""
+    fraction, source = parse_data_tag(tag)
+    sources = dict(config["pretrain"].get("data_sources") or {})
+    if source != ALL_SOURCES and source not in sources:
+        raise ValueError(f"pretraining data tag {tag!r}: source {source!r} is not in pretrain.data_sources "
+                         f"{sorted(sources)}")
+    return {"fraction": fraction, "source": source, "keep": list(sources.get(source) or []),
+            "seed": int(config["seed"])}
