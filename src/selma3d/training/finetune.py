@@ -95,13 +95,15 @@ def _batch(cases: list[Case], size, batch_size: int, seed: int, step: int, fg_pr
     return to(xs, torch.float32), to(ys, torch.float32), to(igns, torch.bool), cats
 
 
-def predict_probability(net, image: np.ndarray, roi_size, device, overlap: float = 0.5,
-                        sw_batch_size: int = 4, blend: str = "gaussian", precision: str = "auto") -> np.ndarray:
-    """Foreground probability of a whole (normalised) patch by MONAI sliding-window inference."""
+def predict_probability(net, image: np.ndarray, roi_size, device, overlap: float = schema_default("infer.overlap"),
+                        sw_batch_size: int = schema_default("infer.sw_batch_size"),
+                        blend: str = schema_default("infer.blend"), precision: str = "auto") -> np.ndarray:
+    """Foreground probability of a whole (normalised) patch by MONAI sliding-window inference
+    (``torch.inference_mode``; ``benchmarks/patch_inference.py`` times it on real patches)."""
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    with torch.no_grad(), autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         logits = sliding_window_inference(x, roi_size, sw_batch_size, net, overlap=overlap, mode=blend,
                                           padding_mode="reflect" if min(image.shape) > 1 else "constant")
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
