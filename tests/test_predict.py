@@ -170,3 +170,32 @@ def test_cli_on_a_tiff_series_with_a_finetuned_checkpoint(tmp_path):
     assert np.abs(got - want).max() <= 0.5 / 255 + 1e-3
     attrs = json.loads(json.dumps(r.attrs))
     assert attrs["selma3d"]["model"].endswith("model.pt")
+
+
+def test_window_streams_split_a_batch_and_give_each_window_its_own_result():
+    from selma3d.training.finetune import ParallelWindows, window_streams
+
+    net = tiny_net(3)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 1, 16, 16, 16)).astype(np.float32))
+    seen = []
+
+    def recording(t):
+        seen.append(t.shape[0])
+        return net(t)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            want = net(x)
+        with window_streams(recording, "cpu") as model:
+            assert isinstance(model, ParallelWindows) and torch.get_num_threads() == 1
+            got = model(x)
+        assert torch.get_num_threads() == 2
+        assert sorted(seen) == [2, 3] and not got.requires_grad
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.set_num_threads(1)
+        with window_streams(net, "cpu") as model:
+            assert model is net  # one thread: the net itself
+    finally:
+        torch.set_num_threads(before)

@@ -80,11 +80,13 @@ def predict_with_tta(net: torch.nn.Module, image: np.ndarray, roi_size: Sequence
     """
     from monai.inferers import sliding_window_inference
 
+    from selma3d.training.finetune import window_streams
+
     device = torch.device(device)
     predictor = MirroredPredictor(net, mirror_axes, average)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    with torch.inference_mode(), autocast(device, precision):
-        out = sliding_window_inference(x, tuple(int(r) for r in roi_size), sw_batch_size, predictor, overlap=overlap,
+    with torch.inference_mode(), autocast(device, precision), window_streams(predictor, device) as model:
+        out = sliding_window_inference(x, tuple(int(r) for r in roi_size), sw_batch_size, model, overlap=overlap,
                                        mode=blend, padding_mode="reflect" if min(image.shape) > 1 else "constant")
     out = out.float()
     if average == "logits":

@@ -33,6 +33,7 @@ import torch
 from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import VolumeReader, open_reader
+from selma3d.training.finetune import window_streams
 from selma3d.training.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
@@ -247,8 +248,8 @@ class BlockPredictor:
                 crops = torch.stack([x[s[0] - box[0][0]:s[0] - box[0][0] + g.roi[0],
                                        s[1] - box[1][0]:s[1] - box[1][0] + g.roi[1],
                                        s[2] - box[2][0]:s[2] - box[2][0] + g.roi[2]] for s in chunk])[:, None]
-                with autocast(self.device, self.precision):
-                    out = self.net(crops)
+                with autocast(self.device, self.precision), window_streams(self.net, self.device) as net:
+                    out = net(crops)
                 out = out.float()[:, 0] * self.weight
                 for s, o in zip(chunk, out):
                     # the window's part inside the volume, in window and accumulator coordinates
