@@ -79,16 +79,24 @@ def test_blockwise_equals_global_sliding_window(tmp_path, shape, block):
     assert reader.largest <= np.prod([min(s, block + 2 * 16) for s in shape])
 
 
-def test_logits_match_monai_to_float_precision(tmp_path):
+@pytest.mark.parametrize("block,on_disk", [(8, False), (13, True), (40, False)])
+def test_logits_match_monai_to_float_precision(tmp_path, block, on_disk):
     data = volume((30, 34, 41), seed=2)
     net, roi = tiny_net(1), (16, 16, 16)
     norm = volume_normalizer(io.ArrayReader(data), "zscore")
-    from selma3d.inference.volume import BlockPredictor, iter_blocks
+    from selma3d.inference.volume import BlockPredictor, SpillStore, iter_blocks
 
     grid = Grid.build(data.shape, roi, 0.5)
-    bp = BlockPredictor(net, grid, torch.device("cpu"), batch=5)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return net(x)
+
+    spill = SpillStore(tmp_path) if on_disk else None
+    bp = BlockPredictor(counted, grid, torch.device("cpu"), batch=5, block=block, spill=spill)
     got = np.zeros(data.shape, np.float32)
-    for b in iter_blocks(data.shape, 8):
+    for b in iter_blocks(data.shape, block):
         box = bp.region(b)
         region = bp.read_region(io.ArrayReader(data), box, norm)
         got[tuple(slice(lo, hi) for lo, hi in b)] = bp.logits(b, box, region).numpy()
@@ -96,6 +104,9 @@ def test_logits_match_monai_to_float_precision(tmp_path):
         want = sliding_window_inference(torch.from_numpy(norm(data))[None, None], roi, 4, net, overlap=0.5,
                                         mode="gaussian")[0, 0].numpy()
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    # every window of the grid ran exactly once, and nothing is left waiting
+    assert sum(calls) == bp.windows == grid.n_windows
+    assert not bp.spill.held and not list(tmp_path.iterdir())
 
 
 def test_mask_output_is_ome_zarr_with_pyramid(tmp_path):
@@ -159,3 +170,32 @@ def test_cli_on_a_tiff_series_with_a_finetuned_checkpoint(tmp_path):
     assert np.abs(got - want).max() <= 0.5 / 255 + 1e-3
     attrs = json.loads(json.dumps(r.attrs))
     assert attrs["selma3d"]["model"].endswith("model.pt")
+
+
+def test_window_streams_split_a_batch_and_give_each_window_its_own_result():
+    from selma3d.training.finetune import ParallelWindows, window_streams
+
+    net = tiny_net(3)
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(5, 1, 16, 16, 16)).astype(np.float32))
+    seen = []
+
+    def recording(t):
+        seen.append(t.shape[0])
+        return net(t)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            want = net(x)
+        with window_streams(recording, "cpu") as model:
+            assert isinstance(model, ParallelWindows) and torch.get_num_threads() == 1
+            got = model(x)
+        assert torch.get_num_threads() == 2
+        assert sorted(seen) == [2, 3] and not got.requires_grad
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        torch.set_num_threads(1)
+        with window_streams(net, "cpu") as model:
+            assert model is net  # one thread: the net itself
+    finally:
+        torch.set_num_threads(before)

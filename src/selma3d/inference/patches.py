@@ -28,8 +28,9 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     return cc3d.dust(mask.astype(np.uint8), threshold=min_size, connectivity=26, in_place=False).astype(mask.dtype)
 
 
-def probability(net, image: np.ndarray, roi, device, overlap: float = 0.5, sw_batch_size: int = 4,
-                blend: str = "gaussian", mirror_axes: tuple[int, ...] | None = None) -> np.ndarray:
+def probability(net, image: np.ndarray, roi, device, overlap: float = schema_default("infer.overlap"),
+                sw_batch_size: int = schema_default("infer.sw_batch_size"),
+                blend: str = schema_default("infer.blend"), mirror_axes: tuple[int, ...] | None = None) -> np.ndarray:
     """Foreground probability of a normalised patch: sliding window, mirrored over
     ``mirror_axes`` when given (:func:`selma3d.inference.tta.predict_with_tta`)."""
     if mirror_axes:

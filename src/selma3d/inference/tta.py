@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from selma3d.core.schema import schema_default
 from selma3d.training.runtime import autocast
 
 
@@ -62,7 +63,8 @@ class MirroredPredictor(torch.nn.Module):
 
 
 def predict_with_tta(net: torch.nn.Module, image: np.ndarray, roi_size: Sequence[int], device, overlap: float = 0.5,
-                     mirror_axes: Sequence[int] = (0, 1, 2), sw_batch_size: int = 4, blend: str = "gaussian",
+                     mirror_axes: Sequence[int] = (0, 1, 2),
+                     sw_batch_size: int = schema_default("infer.sw_batch_size"), blend: str = "gaussian",
                      precision: str = "auto", average: str = "probabilities") -> np.ndarray:
     """Foreground probability (z, y, x) float32 of a normalised volume, mirrored over ``mirror_axes``.
 
@@ -78,11 +80,13 @@ def predict_with_tta(net: torch.nn.Module, image: np.ndarray, roi_size: Sequence
     """
     from monai.inferers import sliding_window_inference
 
+    from selma3d.training.finetune import window_streams
+
     device = torch.device(device)
     predictor = MirroredPredictor(net, mirror_axes, average)
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    with torch.no_grad(), autocast(device, precision):
-        out = sliding_window_inference(x, tuple(int(r) for r in roi_size), sw_batch_size, predictor, overlap=overlap,
+    with torch.inference_mode(), autocast(device, precision), window_streams(predictor, device) as model:
+        out = sliding_window_inference(x, tuple(int(r) for r in roi_size), sw_batch_size, model, overlap=overlap,
                                        mode=blend, padding_mode="reflect" if min(image.shape) > 1 else "constant")
     out = out.float()
     if average == "logits":

@@ -20,6 +20,7 @@ import argparse
 import itertools
 import logging
 import math
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import VolumeReader, open_reader
+from selma3d.training.finetune import window_streams
 from selma3d.training.runtime import autocast, pick_device
 
 log = logging.getLogger(__name__)
@@ -141,27 +143,81 @@ def volume_normalizer(reader: VolumeReader, method: str = "percentile", max_voxe
 
 # -- block-wise inference -------------------------------------------------------------------
 
+class SpillStore:
+    """Partial sums a block's windows add to blocks not yet predicted, kept until those run.
+
+    Keyed by the receiving block's low corner; every spill starts at that corner. In memory
+    when ``folder`` is None, else one ``.npy`` file per spill there (memory stays at one block
+    whatever the volume's cross-section).
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self.held: dict[tuple[int, ...], list[np.ndarray]] = {}
+        self.count = 0
+
+    def put(self, key: tuple[int, ...], arr: np.ndarray) -> None:
+        if self.folder is None:
+            self.held.setdefault(key, []).append(arr)
+            return
+        self.count += 1
+        name = "_".join(map(str, key)) + f"_{self.count}.npy"
+        self.held.setdefault(key, []).append(self.folder / name)
+        np.save(self.folder / name, arr)
+
+    def take(self, key: tuple[int, ...]) -> list[np.ndarray]:
+        out = []
+        for item in self.held.pop(key, []):
+            if isinstance(item, Path):
+                out.append(np.load(item))
+                item.unlink()
+            else:
+                out.append(item)
+        return out
+
+
 class BlockPredictor:
-    """Blended logits of one output block from the global window grid."""
+    """Blended logits of output blocks from the global window grid, each window computed once.
+
+    A window belongs to the block holding its first voxel inside the volume, so it reaches only
+    into that block and blocks after it in raster order. Predicting a block runs the windows it
+    owns, adds what earlier blocks' windows spilled into it (:class:`SpillStore`) and keeps what
+    its own windows add to later blocks; blocks must therefore be predicted in raster order
+    (:func:`iter_blocks`). The result equals MONAI's global sliding window up to the order of
+    float additions.
+    """
 
     def __init__(self, net: torch.nn.Module, grid: Grid, device: torch.device, batch: int = 8,
-                 blend: str = "gaussian", precision: str = "auto"):
+                 blend: str = "gaussian", precision: str = "auto", block: int = schema_default("segment.block"),
+                 spill: SpillStore | None = None):
         from monai.data.utils import compute_importance_map
 
         self.net, self.grid, self.device, self.batch, self.precision = net, grid, device, int(batch), precision
+        self.block, self.spill = int(block), spill or SpillStore()
         self.weight = compute_importance_map(grid.roi, mode=blend, sigma_scale=0.125, device=device,
                                              dtype=torch.float32)
+        self.windows = 0
 
-    def region(self, block) -> tuple[tuple[int, int], ...]:
-        """Padded-coordinate box the block's windows cover (what must be read)."""
+    def owned(self, block) -> list[np.ndarray]:
+        """Per axis, the starts (padded coordinates) of the windows the block owns."""
         out = []
         for axis, (lo, hi) in enumerate(block):
-            s = self.grid.touching(axis, lo, hi)
-            out.append((int(s[0]), int(s[-1]) + self.grid.roi[axis]))
-        return tuple(out)
+            s, p = self.grid.starts[axis], self.grid.pad_before[axis]
+            first = np.maximum(s - p, 0)
+            out.append(s[(first >= lo) & (first < hi)])
+        return out
 
-    def read_region(self, reader: VolumeReader, box, normalizer: Callable) -> np.ndarray:
+    def region(self, block) -> tuple[tuple[int, int], ...] | None:
+        """Padded-coordinate box of the block's own windows (what must be read); None if none."""
+        owned = self.owned(block)
+        if any(len(s) == 0 for s in owned):
+            return None
+        return tuple((int(s[0]), int(s[-1]) + r) for s, r in zip(owned, self.grid.roi))
+
+    def read_region(self, reader: VolumeReader, box, normalizer: Callable) -> np.ndarray | None:
         """Normalised input of a padded-coordinate box; outside the volume is 0 (MONAI's pad)."""
+        if box is None:
+            return None
         src, dst = [], []
         for (a, b), p, n in zip(box, self.grid.pad_before, self.grid.shape):
             o0, o1 = max(0, a - p), min(n, b - p)
@@ -173,34 +229,48 @@ class BlockPredictor:
         return out
 
     @torch.inference_mode()
-    def logits(self, block, box, region: np.ndarray) -> torch.Tensor:
+    def logits(self, block, box, region: np.ndarray | None) -> torch.Tensor:
         """(z, y, x) blended logits of the block (float32, on the device)."""
         g = self.grid
-        shape = [hi - lo for lo, hi in block]
-        num = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        den = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        x = torch.from_numpy(region).to(self.device, non_blocking=True)
-        origin = [lo + p for (lo, _), p in zip(block, g.pad_before)]  # block start, padded coordinates
-        windows = list(itertools.product(*(g.touching(a, lo, hi) for a, (lo, hi) in enumerate(block))))
-        for i in range(0, len(windows), self.batch):
-            chunk = windows[i:i + self.batch]
-            crops = torch.stack([x[s[0] - box[0][0]:s[0] - box[0][0] + g.roi[0],
-                                   s[1] - box[1][0]:s[1] - box[1][0] + g.roi[1],
-                                   s[2] - box[2][0]:s[2] - box[2][0] + g.roi[2]] for s in chunk])[:, None]
-            with autocast(self.device, self.precision):
-                out = self.net(crops)
-            out = out.float()[:, 0] * self.weight
-            for s, o in zip(chunk, out):
-                # intersection of the window with the block, in window and block coordinates
-                w_sl, b_sl = [], []
-                for a in range(3):
-                    lo = max(int(s[a]), origin[a])
-                    hi = min(int(s[a]) + g.roi[a], origin[a] + shape[a])
-                    w_sl.append(slice(lo - int(s[a]), hi - int(s[a])))
-                    b_sl.append(slice(lo - origin[a], hi - origin[a]))
-                num[tuple(b_sl)] += o[tuple(w_sl)]
-                den[tuple(b_sl)] += self.weight[tuple(w_sl)]
-        return num / den
+        lo = [b[0] for b in block]
+        top = [b[1] for b in block]
+        if box is not None:  # the block's windows reach up to here (original coordinates)
+            top = [max(t, min(n, bx[1] - p)) for t, bx, p, n in zip(top, box, g.pad_before, g.shape)]
+        shape = [t - a for a, t in zip(lo, top)]
+        acc = torch.zeros([2, *shape], dtype=torch.float32, device=self.device)  # weighted sum, weights
+        if box is not None:
+            x = torch.from_numpy(region).to(self.device, non_blocking=True)
+            origin = [a + p for a, p in zip(lo, g.pad_before)]  # accumulator start, padded coordinates
+            windows = list(itertools.product(*self.owned(block)))
+            self.windows += len(windows)
+            for i in range(0, len(windows), self.batch):
+                chunk = windows[i:i + self.batch]
+                crops = torch.stack([x[s[0] - box[0][0]:s[0] - box[0][0] + g.roi[0],
+                                       s[1] - box[1][0]:s[1] - box[1][0] + g.roi[1],
+                                       s[2] - box[2][0]:s[2] - box[2][0] + g.roi[2]] for s in chunk])[:, None]
+                with autocast(self.device, self.precision), window_streams(self.net, self.device) as net:
+                    out = net(crops)
+                out = out.float()[:, 0] * self.weight
+                for s, o in zip(chunk, out):
+                    # the window's part inside the volume, in window and accumulator coordinates
+                    w_sl, a_sl = [], []
+                    for a in range(3):
+                        a0 = max(int(s[a]), origin[a])
+                        a1 = min(int(s[a]) + g.roi[a], origin[a] + shape[a])
+                        w_sl.append(slice(a0 - int(s[a]), a1 - int(s[a])))
+                        a_sl.append(slice(a0 - origin[a], a1 - origin[a]))
+                    acc[(0, *a_sl)] += o[tuple(w_sl)]
+                    acc[(1, *a_sl)] += self.weight[tuple(w_sl)]
+        for part in self.spill.take(tuple(lo)):
+            acc[(slice(None), *(slice(0, n) for n in part.shape[1:]))] += torch.from_numpy(part).to(self.device)
+        ranges = [range(0, n, self.block) for n in shape]
+        for k in itertools.product(*ranges):
+            if any(k):  # what the block's windows add to later blocks
+                sl = tuple(slice(a, min(a + self.block, n)) for a, n in zip(k, shape))
+                self.spill.put(tuple(a + b for a, b in zip(lo, k)), acc[(slice(None), *sl)].cpu().numpy())
+        size = [hi - a for a, (_, hi) in zip(lo, block)]
+        head = acc[(slice(None), *(slice(0, n) for n in size))]
+        return head[0] / head[1]
 
 
 def downsample2(block: np.ndarray, how: str) -> np.ndarray:
@@ -249,7 +319,7 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
     grid = Grid.build(reader.shape, roi, overlap)
     norm = normalization if isinstance(normalization, Normalizer) else volume_normalizer(
         reader, normalization, sample_voxels)
-    predictor = BlockPredictor(net, grid, device, batch, blend, precision)
+    predictor = BlockPredictor(net, grid, device, batch, blend, precision, block)
     if probability:
         dtype = np.dtype(prob_dtype)
         if dtype not in (np.dtype("float16"), np.dtype("uint8")):
@@ -286,8 +356,11 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
             return torch.round(prob * 255).to(torch.uint8).cpu().numpy()
         return prob.to(torch.float16).cpu().numpy()
 
-    with atomic_path(output) as tmp:
+    with atomic_path(output) as tmp, tempfile.TemporaryDirectory(prefix=f".{tmp.name}.spill-",
+                                                                  dir=tmp.parent) as spill:
         from selma3d.io.omezarr import create_ome_zarr
+
+        predictor.spill = SpillStore(spill)  # partial sums for later blocks wait on disk, not in memory
 
         arrays = create_ome_zarr(tmp, shapes, dtype, (chunks,) * 3, scales, translations,
                                  name=Path(output).name, ngff_version=ngff_version, method=how,
@@ -319,7 +392,8 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
                 written.result()
     reader.close()
     elapsed = time.perf_counter() - t0
-    log.info("wrote %s: %.1f s, %.3g voxels/s", output, elapsed, np.prod(reader.shape) / max(1e-9, elapsed))
+    log.info("wrote %s: %.1f s, %.3g voxels/s, %d windows (the grid has %d)", output, elapsed,
+             np.prod(reader.shape) / max(1e-9, elapsed), predictor.windows, grid.n_windows)
     return Path(output)
 
 

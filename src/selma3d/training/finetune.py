@@ -7,8 +7,10 @@ differ per structure category. Model selection uses the validation split only. T
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,14 +97,55 @@ def _batch(cases: list[Case], size, batch_size: int, seed: int, step: int, fg_pr
     return to(xs, torch.float32), to(ys, torch.float32), to(igns, torch.bool), cats
 
 
-def predict_probability(net, image: np.ndarray, roi_size, device, overlap: float = 0.5,
-                        sw_batch_size: int = 4, blend: str = "gaussian", precision: str = "auto") -> np.ndarray:
-    """Foreground probability of a whole (normalised) patch by MONAI sliding-window inference."""
+class ParallelWindows(torch.nn.Module):
+    """``net`` on a batch of windows split over ``streams`` CPU threads (call it with torch at
+    one thread, :func:`window_streams`): small 3D windows scale far worse over torch's intra-op
+    threads than over whole windows, and collapse when the cores are shared with other work.
+    Each window's result is what ``net`` alone gives it (up to the kernel a batch size picks)."""
+
+    def __init__(self, net: torch.nn.Module, streams: int):
+        super().__init__()
+        self.net, self.streams = net, int(streams)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # grad mode is per thread: the caller's does not reach the workers
+            return self.net(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = min(self.streams, x.shape[0])
+        if n <= 1:
+            return self.net(x)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(n) as pool:
+            return torch.cat(list(pool.map(self._run, torch.tensor_split(x, n))))
+
+
+@contextlib.contextmanager
+def window_streams(net: torch.nn.Module, device) -> Iterator[torch.nn.Module]:
+    """On CPU with torch at N > 1 threads: ``net`` as N one-thread streams over the windows of a
+    batch (:class:`ParallelWindows`; torch at one thread meanwhile); else ``net`` itself."""
+    n = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or n <= 1:
+        yield net
+        return
+    torch.set_num_threads(1)
+    try:
+        yield ParallelWindows(net, n)
+    finally:
+        torch.set_num_threads(n)
+
+
+def predict_probability(net, image: np.ndarray, roi_size, device, overlap: float = schema_default("infer.overlap"),
+                        sw_batch_size: int = schema_default("infer.sw_batch_size"),
+                        blend: str = schema_default("infer.blend"), precision: str = "auto") -> np.ndarray:
+    """Foreground probability of a whole (normalised) patch by MONAI sliding-window inference
+    (``torch.inference_mode``; ``benchmarks/patch_inference.py`` times it on real patches)."""
     from monai.inferers import sliding_window_inference
 
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    with torch.no_grad(), autocast(device, precision):
-        logits = sliding_window_inference(x, roi_size, sw_batch_size, net, overlap=overlap, mode=blend,
+    with torch.inference_mode(), autocast(device, precision), window_streams(net, device) as model:
+        logits = sliding_window_inference(x, roi_size, sw_batch_size, model, overlap=overlap, mode=blend,
                                           padding_mode="reflect" if min(image.shape) > 1 else "constant")
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 

@@ -1,0 +1,161 @@
+"""Test-patch inference (the ``infer`` rule's ``segment_case``) against the path it replaced.
+
+Reference, measured in the same run on the same patches: what ``predict_probability`` did before
+(MONAI ``sliding_window_inference`` under ``torch.no_grad``, window batch 4, reflect padding,
+Gaussian blending), thresholded at 0.5. New: ``selma3d.inference.patches.probability`` and
+``segment_case`` with the ``infer`` block's schema defaults (overlap set to ``--overlap``, no
+test-time mirroring). Reference and new alternate patch by patch, so load from other work hits
+both alike; reported: seconds per patch, the ratio, max |probability difference| and whether the
+binary masks are identical. Then the cost of test-time mirroring (8 flips) on one patch.
+
+The patches are real: the c-Fos brain 753 images of ``config/manifests/real_selma.csv``.
+``--model`` takes a finetuned ``model.pt`` (recommended: a random net's probabilities sit near
+0.5, where float rounding flips voxels); without it, a seeded random half-width UNet.
+
+    python benchmarks/patch_inference.py --model results/real_selma/finetune/scratch/full/ball_s0/model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, machine, write_results
+
+
+def reference_probability(net, image: np.ndarray, roi, device, overlap: float) -> np.ndarray:
+    """The pre-change path: MONAI sliding window, batch 4, ``torch.no_grad``."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with torch.no_grad():
+        logits = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian",
+                                          padding_mode="reflect" if min(image.shape) > 1 else "constant")
+    return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def load_net(model: str | None, features, roi: int, device):
+    import torch
+
+    from selma3d.nets.models import build_segmentation_net
+    from selma3d.training.finetune import load_model
+
+    if model:
+        net, payload = load_model(model, device)
+        return net, payload, "finetuned model.pt (given with --model)"
+    torch.manual_seed(0)
+    cfg = {"backbone": "unet", "patch_size": [roi] * 3, "features": list(features)}
+    net = build_segmentation_net(cfg).to(device).eval()
+    return net, {"config": cfg, "normalize": "percentile"}, "random init (seed 0)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", default=str(REPO / "config" / "manifests" / "real_selma.csv"))
+    p.add_argument("--cases", default="cfos_neuron_753_", help="case-name prefix of the patches (test split)")
+    p.add_argument("--n", type=int, default=3, help="patches to time")
+    p.add_argument("--model", help="finetuned model.pt (default: random half-width UNet)")
+    p.add_argument("--features", type=int, nargs=6, default=[16, 16, 32, 64, 128, 16])
+    p.add_argument("--roi", type=int, default=32)
+    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake gives each job one per core)")
+    p.add_argument("--no-tta", action="store_true", help="skip the test-time mirroring measurement")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from selma3d import io
+    from selma3d.core.schema import schema_default
+    from selma3d.data.manifest import read_manifest
+    from selma3d.inference.patches import probability, segment_case
+    from selma3d.training.finetune import normalize_image
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    t0 = time.perf_counter()
+    net, payload, model_kind = load_net(args.model, args.features, args.roi, device)
+    load_s = time.perf_counter() - t0
+    roi = tuple(int(r) for r in payload["config"]["patch_size"])
+    settings = {**schema_default("infer"), "overlap": args.overlap, "mirror_axes": []}
+    table = read_manifest(args.manifest)
+    rows = table[(table.split == "test") & (table.role == "image") & table.case.str.startswith(args.cases)]
+    rows = rows.sort_values("case").head(args.n)
+    if rows.empty:
+        raise SystemExit(f"no test images whose case starts with {args.cases!r} in the manifest")
+
+    per = []
+    for _, row in rows.iterrows():
+        raw = np.asarray(io.read_volume(row.path).data, dtype=np.float32)
+        norm = normalize_image(raw, payload["normalize"], payload.get("normalize_stats"))
+        t = time.perf_counter()
+        ref = reference_probability(net, norm, roi, device, args.overlap)
+        t_ref = time.perf_counter() - t
+        t = time.perf_counter()
+        new = probability(net, norm, roi, device, args.overlap, int(settings["sw_batch_size"]), settings["blend"])
+        t_new = time.perf_counter() - t
+        t = time.perf_counter()
+        mask = segment_case(net, payload, raw, {**settings, "use_stored_postprocess": False})
+        t_case = time.perf_counter() - t
+        ref_mask = ref > float(settings["threshold"])
+        per.append({"case": row.case, "shape": list(raw.shape), "reference_s": t_ref, "new_s": t_new,
+                    "segment_case_s": t_case, "max_abs_prob_diff": float(np.abs(ref - new).max()),
+                    "masks_identical": bool(np.array_equal(mask.astype(bool), ref_mask)),
+                    "foreground_voxels": int(ref_mask.sum())})
+        print(f"{row.case} {raw.shape}: reference {t_ref:.2f} s, new {t_new:.2f} s (segment_case {t_case:.2f} s), "
+              f"max |dp| {per[-1]['max_abs_prob_diff']:.1e}, masks identical {per[-1]['masks_identical']}",
+              flush=True)
+
+    tta = None
+    if not args.no_tta:
+        row = rows.iloc[0]
+        raw = np.asarray(io.read_volume(row.path).data, dtype=np.float32)
+        t = time.perf_counter()
+        segment_case(net, payload, raw, {**settings, "mirror_axes": [0, 1, 2], "use_stored_postprocess": False})
+        tta = {"case": row.case, "seconds": time.perf_counter() - t, "flips": 8}
+        print(f"{row.case} with test-time mirroring (8 flips): {tta['seconds']:.2f} s", flush=True)
+
+    ref_s = float(np.mean([r["reference_s"] for r in per]))
+    new_s = float(np.mean([r["new_s"] for r in per]))
+    case_s = float(np.mean([r["segment_case_s"] for r in per]))
+    ok = all(r["masks_identical"] for r in per) and max(r["max_abs_prob_diff"] for r in per) < 1e-4
+    where = machine(str(device), args.threads)
+    load = load_average()
+    lines = [f"# Test-patch inference: segment_case vs the MONAI reference ({time.strftime('%Y-%m-%d')}, {where})",
+             "",
+             (f"model: {model_kind}, roi {roi}, overlap {args.overlap}, window batch reference 4 / new "
+              f"{settings['sw_batch_size']}, {args.threads} torch thread(s); load average during the run {load}; "
+              f"model load {load_s:.2f} s"), "",
+             "| case | shape | reference s | new s | segment_case s | ratio | max abs prob diff | masks identical |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in per:
+        lines.append(f"| {r['case']} | {'x'.join(map(str, r['shape']))} | {r['reference_s']:.2f} | {r['new_s']:.2f} | "
+                     f"{r['segment_case_s']:.2f} | {r['reference_s'] / r['new_s']:.2f}x | "
+                     f"{r['max_abs_prob_diff']:.1e} | {r['masks_identical']} |")
+    lines += ["", (f"mean per patch: reference {ref_s:.2f} s, new {new_s:.2f} s (segment_case with post-processing "
+                   f"{case_s:.2f} s); speed ratio reference / new = {ref_s / new_s:.2f}x; equal output: "
+                   f"{'OK' if ok else 'FAIL'}")]
+    if tta:
+        lines.append(f"test-time mirroring (8 flips) on {tta['case']}: {tta['seconds']:.2f} s per patch "
+                     f"({tta['seconds'] / case_s:.1f}x the unmirrored segment_case)")
+    print("\n".join(lines))
+    if not args.no_write:
+        write_results("patch_inference", {
+            "machine": where, "load_average": load, "model": model_kind, "roi": list(roi), "overlap": args.overlap,
+            "threads": args.threads, "sw_batch_size": {"reference": 4, "new": int(settings["sw_batch_size"])},
+            "model_load_s": load_s, "patches": per, "reference_s_per_patch": ref_s, "new_s_per_patch": new_s,
+            "segment_case_s_per_patch": case_s, "ratio": ref_s / new_s, "equal_output": ok, "tta": tta}, lines)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
