@@ -7,19 +7,28 @@ References, measured in the same run:
   (connected components, naive IoU ≥ 0.3 matching).
 Ours: each metric alone, and ``case_metrics`` (all eight columns, work shared). The "full set"
 ratio compares ``case_metrics`` with the sum of the references for dice + Betti + clDice + PQ.
+The "skeleton" row times ``metrics.skeleton`` against scikit-image's ``skeletonize`` (what both
+evaluators call) on the prediction and the ground truth, and checks the voxels are identical.
+The thinning is compiled (numba) on first use: that one-off cost is measured apart, untimed in
+the rows.
 Peak memory of ``case_metrics`` is the VmHWM of a fresh subprocess that loads the two masks and
 scores them ("peak", inputs and interpreter included); "base" is the same process's VmHWM after
 imports and loading, before scoring.
 
     python benchmarks/metrics.py            # 200³ c-Fos-like, 200³ vessel-like, 512³ vessel-like
     python benchmarks/metrics.py --quick    # 96³ cases only (smoke test)
+
+Writes ``benchmarks/results/metrics_<date>.{json,md}`` (``--no-save`` to skip).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from selma3d.evaluation import metrics as M
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- data
 
@@ -127,7 +138,12 @@ _EV = None
 
 def ref_pq(p, g):
     global _EV
-    from panoptica import ConnectedComponentsInstanceApproximator, InputType, NaiveThresholdMatching, Panoptica_Evaluator
+    from panoptica import (
+        ConnectedComponentsInstanceApproximator,
+        InputType,
+        NaiveThresholdMatching,
+        Panoptica_Evaluator,
+    )
     from panoptica.metrics import Metric
 
     if _EV is None:
@@ -180,8 +196,15 @@ def peak_rss_mib(p: np.ndarray, g: np.ndarray, protocol: str) -> float:
 
 
 def bench_case(name: str, p: np.ndarray, g: np.ndarray, with_memory: bool) -> list[dict]:
+    from skimage.morphology import skeletonize
+
     rows = []
     print(f"\n== {name}: shape {p.shape}, fg pred {p.mean():.3%}, fg gt {g.mean():.3%}", flush=True)
+    (sp, sg), t_sk = timed(lambda: (M.skeleton(p), M.skeleton(g)))
+    (rp, rg), t_sk_ref = timed(lambda: (skeletonize(p), skeletonize(g)))
+    rows.append({"case": name, "protocol": "both", "metric": "skeleton (P and G)", "ours_s": t_sk,
+                 "ref_s": t_sk_ref, "same": bool(np.array_equal(sp, rp) and np.array_equal(sg, rg))})
+    _print_row(rows[-1])
     for protocol in M.PROTOCOLS:
         ours, t_ours = {}, {}
         ref, t_ref = {}, {}
@@ -223,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="96³ cases only")
     ap.add_argument("--no-large", action="store_true", help="skip the 512³ case")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/metrics_<date>.*")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -237,12 +261,44 @@ def main(argv: list[str] | None = None) -> int:
     z[2:4, 2:4, 2:4] = True
     ref_pq(z, z)
     ref_cldice_2024(z, z)
+    _, t_compile = timed(M.skeleton, z)  # numba: compile, or load its cache
+    print(f"thinning first call (compile or cache load, untimed below): {t_compile:.2f} s")
     rows = []
     for name, p, g in cases:
         rows += bench_case(name, p, g, with_memory=True)
     ok = all(r["same"] for r in rows)
     print(f"\nall numbers identical to the references: {ok}")
+    if not args.no_save:
+        save(rows, ok, t_compile, args)
     return 0 if ok else 1
+
+
+def save(rows: list[dict], ok: bool, t_compile: float, args: argparse.Namespace) -> None:
+    """benchmarks/results/metrics_<date>.{json,md}: the rows, the machine, no paths."""
+    stamp = datetime.date.today().isoformat()
+    machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, " \
+              f"{os.cpu_count()} cores)"
+    for r in rows:
+        r["ratio"] = r["ref_s"] / r["ours_s"] if r["ours_s"] > 0 else math.inf
+    lines = [f"# Official metrics vs the reference implementations ({stamp}, {machine})", "",
+             ("Times in seconds, one thread, reference and ours in the same run; \"same\" = identical "
+              "numbers (skeleton: identical voxels). FULL = `case_metrics` (all columns) vs the sum of the "
+              f"references. Thinning first call (numba compile or cache load, once per process): {t_compile:.2f} s."),
+             "", "| case | protocol | metric | ours [s] | reference [s] | ratio | same | peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peak = r.get("peak_mib", math.nan)
+        lines.append(f"| {r['case']} | {r['protocol']} | {r['metric']} | {r['ours_s']:.3f} | {r['ref_s']:.3f} | "
+                     f"{r['ratio']:.1f}x | {'yes' if r['same'] else 'NO'} | "
+                     f"{'' if math.isnan(peak) else f'{peak:.0f}'} |")
+    lines += ["", f"all numbers identical to the references: {ok}"]
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"metrics_{stamp}.md").write_text("\n".join(lines) + "\n")
+    (out / f"metrics_{stamp}.json").write_text(json.dumps(
+        {"date": stamp, "machine": machine, "args": vars(args), "thinning_first_call_s": t_compile,
+         "all_identical": ok, "rows": rows}, indent=1, default=float))
+    print(f"wrote benchmarks/results/metrics_{stamp}.md and .json")
 
 
 if __name__ == "__main__":

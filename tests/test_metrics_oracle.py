@@ -138,7 +138,12 @@ _EVALUATOR = None
 def ref_panoptica(p, g):
     """panoptica configured as the SELMA3D 2026 evaluator: (pq_dsc, rq, tp, n_pred, n_ref)."""
     global _EVALUATOR
-    from panoptica import ConnectedComponentsInstanceApproximator, InputType, NaiveThresholdMatching, Panoptica_Evaluator
+    from panoptica import (
+        ConnectedComponentsInstanceApproximator,
+        InputType,
+        NaiveThresholdMatching,
+        Panoptica_Evaluator,
+    )
     from panoptica.metrics import Metric
 
     if _EVALUATOR is None:
@@ -190,6 +195,21 @@ def test_skeleton_equals_scikit_image(name, mask):
     from skimage.morphology import skeletonize
 
     assert np.array_equal(M.skeleton(mask), skeletonize(mask))
+
+
+def test_skeleton_equals_scikit_image_on_random_small_masks():
+    """Many tiny random masks, one or two voxels thick along some axis included (scikit-image
+    thins a mask one slice thick along axis 0 in-plane only)."""
+    from skimage.morphology import skeletonize
+
+    rng = np.random.default_rng(7)
+    differ = []
+    for i in range(400):
+        shape = tuple(int(v) for v in rng.integers(1, 11, 3))
+        mask = rng.random(shape) < rng.uniform(0.05, 0.95)
+        if not np.array_equal(M.skeleton(mask), skeletonize(mask)):
+            differ.append(f"{i}: shape {shape}")
+    assert not differ, differ
 
 
 def _pairs():

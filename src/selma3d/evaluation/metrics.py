@@ -33,11 +33,11 @@ Semantics (see ``SELMA3D.md`` "Official metrics — exact semantics"):
   F1). NaN when neither mask has an instance, 0 when there is no true positive.
   ``instance_recall = TP / n_ref`` (NaN when the ground truth has no instance).
 
-Speed comes from sharing work: each mask is labelled once (cc3d, 26-connected) and those labels
-feed b0, the instance matching and a per-component skeletonisation (Lee thinning treats
-26-separated components independently and is translation invariant, so thinning each component
-in its own box gives the same voxels as thinning the whole volume, provided the box is never one
-slice thick along z unless the volume is: see ``skeleton``).
+Speed comes from sharing work and from the skeleton: each mask is labelled once (cc3d,
+26-connected) and those labels feed b0 and the instance matching; each skeleton is computed once
+and its overlap counts feed every clDice variant (``SkeletonOverlap``); the skeleton itself is
+scikit-image's thinning run by ``selma3d.evaluation.thinning``, which visits only the voxels that
+can change (same voxels as ``skimage.morphology.skeletonize``).
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from dataclasses import dataclass
 
 import cc3d
 import numpy as np
-from scipy import ndimage as ndi
 
 from selma3d.core.errors import InputError
 from selma3d.core.overlap import dice, dice_from_counts
@@ -68,8 +67,6 @@ METRIC_COLUMNS = (
 
 #: panoptica's matching threshold in the 2026 evaluator (NaiveThresholdMatching, IoU)
 IOU_THRESHOLD_2026 = 0.3
-#: components whose bounding box has at most this many voxels are skeletonised one by one
-SMALL_COMPONENT_BOX = 4096
 #: smoothing of the 2024 clDice (added to numerator and denominator)
 CLDICE_SMOOTH_2024 = 1e-6
 
@@ -124,85 +121,20 @@ def _label26(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(n)
 
 
-def skeleton(mask: np.ndarray, labels: tuple[np.ndarray, int] | None = None) -> np.ndarray:
-    """scikit-image's 3D (Lee) skeleton of ``mask > 0``, computed component by component.
+def skeleton(mask: np.ndarray) -> np.ndarray:
+    """scikit-image's 3D (Lee) skeleton of ``mask > 0``, identical voxel for voxel.
 
-    Identical voxel for voxel to ``skimage.morphology.skeletonize(mask)``; ``labels`` may pass
-    precomputed 26-connected labels of the same mask.
-
-    Why a crop gives the whole volume's voxels (scikit-image 0.26,
-    ``_skeletonize_lee_cy._compute_thin_image``, the logic of ImageJ's Skeletonize3D): the image
-    is padded with one background voxel, then sweeps over six border directions repeat until a
-    whole sweep deletes nothing. In each direction, every foreground voxel is tested (border
-    point, not an endpoint, Euler invariant, simple) on its 3×3×3 neighbourhood alone; the
-    candidates are then re-tested in raster order and deleted one by one, again on their 3×3×3
-    neighbourhoods. Any foreground voxel in a voxel's 26-neighbourhood belongs to the same
-    26-connected component, so every decision about component k depends on k's voxels only
-    (all else is background there, whether in the volume or in the padding). A crop keeps k's
-    raster order, and once a sweep leaves k unchanged, the later sweeps that run for other
-    components leave it unchanged too. So k thins in its crop exactly as in the volume, except
-    for one global setting: the number of directions depends on the array, not on the voxel.
-    scikit-image treats an input one slice thick along axis 0 (padded shape[0] == 3) as 2D and
-    thins it in the 4 in-plane directions only, where anything thicker gets all 6. A component
-    one voxel thick along z is common in real data (small c-Fos spots, thin vessel and nucleus
-    slivers, TRAILMAP's three annotated slices). Its tight box was thinned in 2D but the volume
-    in 3D (a flat 5×5 square keeps 3 voxels in 2D and 1 in 3D). ``_thinning_box`` therefore adds
-    one slice along z to such a box, clipped to the volume, so a volume that is itself one slice
-    thick stays 2D like the reference. That is sufficient: no other extent matters, and no
-    wider margin changes anything. Each crop is masked to its own component(s)
-    (``lab[box] == k``), so anything else inside the box is background there, as it is around k
-    in the volume. ``tests/test_skeleton_real.py`` checks the identity on hundreds of real masks.
+    The official evaluators call ``skimage.morphology.skeletonize`` on the whole mask; this runs
+    the same thinning passes with the same tests in the same order, visiting only the voxels whose
+    neighbourhood changed (``selma3d.evaluation.thinning``), which is several times faster on
+    sparse masks. ``tests/test_skeleton_real.py`` checks the identity on hundreds of real masks.
     """
-    from skimage.morphology import skeletonize
+    from selma3d.evaluation.thinning import thin
 
     m = binarize(mask, "mask")
-    lab, n = labels if labels is not None else _label26(m)
-    out = np.zeros(m.shape, dtype=bool)
-    if n == 0:
-        return out
-    slices = ndi.find_objects(lab)
-    vols = np.array([_slice_volume(sl) for sl in slices], dtype=np.int64)
-    # Small components (c-Fos spots, speckle) are thinned one by one in their own boxes, which
-    # saves scanning the whole volume; large ones (vessel trees) are thinned together in one
-    # call over their union's box, where separate calls would rescan overlapping boxes.
-    small = vols <= SMALL_COMPONENT_BOX
-    for k in np.flatnonzero(small) + 1:
-        sl = slices[k - 1]
-        if vols[k - 1] == 1:  # a lone voxel is its own skeleton
-            out[sl] = True
-        else:
-            box = _thinning_box(sl, m.shape)
-            out[box] |= skeletonize(lab[box] == k)
-    large = np.flatnonzero(~small) + 1
-    if large.size:
-        box = tuple(slice(min(slices[k - 1][a].start for k in large), max(slices[k - 1][a].stop for k in large))
-                    for a in range(3))
-        box = _thinning_box(box, m.shape)
-        if large.size == n:
-            sub = m[box]  # every component is large, so each lies whole inside the union's box
-        else:
-            keep = np.zeros(n + 1, dtype=bool)
-            keep[large] = True
-            sub = keep[lab[box]]
-        out[box] |= skeletonize(sub)
-    return out
-
-
-def _thinning_box(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
-    """``box`` made at least two slices thick along axis 0 when the volume is (see ``skeleton``).
-
-    scikit-image thins an image one slice thick along axis 0 in 2D (4 directions), anything
-    thicker in 3D (6): the box must be one slice thick exactly when the whole volume is.
-    """
-    z = box[0]
-    if z.stop - z.start > 1 or shape[0] == 1:
-        return box
-    z = slice(z.start, z.stop + 1) if z.stop < shape[0] else slice(z.start - 1, z.stop)
-    return (z, *box[1:])
-
-
-def _slice_volume(sl: tuple[slice, ...]) -> int:
-    return int(np.prod([s.stop - s.start for s in sl]))
+    if not m.any():
+        return np.zeros(m.shape, dtype=bool)
+    return thin(m)
 
 
 def _bbox(mask: np.ndarray) -> tuple[slice, ...]:
@@ -475,7 +407,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
     dice_value = dice_from_counts(inter, n_p, n_g, 2024 if protocol == "selma3d2024" else 2026)
 
     lab_p, lab_g = _label26(p), _label26(g)
-    sp, sg = skeleton(p, lab_p), skeleton(g, lab_g)
+    sp, sg = skeleton(p), skeleton(g)
     ov = SkeletonOverlap(
         n_sp=int(np.count_nonzero(sp)), sp_in_g=int(np.count_nonzero(sp & g)),
         n_sg=int(np.count_nonzero(sg)), sg_in_p=int(np.count_nonzero(sg & p)), n_p=n_p, n_g=n_g,

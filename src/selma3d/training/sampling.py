@@ -67,6 +67,12 @@ def crop_case(case, size: tuple[int, int, int], rng: np.random.Generator, fg_pro
     return image[sl], label[sl], ignore[sl]
 
 
+def sample_tensor(patch: np.ndarray, size: tuple[int, int, int], normalization: str, seed: int) -> torch.Tensor:
+    """The (1, D, H, W) float32 training sample of ``patch``: a random crop (seeded), normalised."""
+    crop = random_crop(patch, size, np.random.default_rng(seed))
+    return torch.from_numpy(normalize(crop, normalization)[None].copy())
+
+
 class PatchSampleDataset(Dataset):
     """Items are (row, seed) pairs -> a normalised (1, D, H, W) crop plus metadata."""
 
@@ -90,8 +96,7 @@ class PatchSampleDataset(Dataset):
         row_id, seed = item
         row = self.index.iloc[row_id]
         patch = np.asarray(self._array(row["store"])[int(row["patch"])])
-        crop = random_crop(patch, self.crop_size, np.random.default_rng(seed))
-        x = torch.from_numpy(normalize(crop, self.normalization)[None].copy())
+        x = sample_tensor(patch, self.crop_size, self.normalization, seed)
         meta = {k: str(row[k]) for k in ("volume", "structure", "category", "spacing_um") if k in row}
         if "caption" in row:  # free-text caption of the patch's source file (may be empty)
             meta["caption"] = row["caption"] if isinstance(row["caption"], str) else ""
