@@ -92,7 +92,7 @@ def test_custom_axon_config_runs_end_to_end_on_the_partially_annotated_volume(tm
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     out = tmp_path / "r"
-    assert (out / "ingest" / "axonalmarker_trailmap.zarr").is_dir()
+    assert (out / "downsample" / "axonalmarker_trailmap.ome.zarr").is_dir()
     cases = pd.read_csv(out / "leaderboard" / "cases.csv")
     assert set(cases.case) == {"axonalmarker_trailmap_test"} and set(cases.strategy) == {"scratch", "mae"}
     assert np.isfinite(cases.dice).all() and cases.dice.between(0, 1).all()

@@ -14,7 +14,7 @@ from skimage.transform import resize
 
 from selma3d import io
 from selma3d.preprocess.pyramid import (AxisStream, apply_op, axis_op, downsample_array, downsample_volume,
-                                plan_pyramid, pyramid_arrays)
+                                exact_mean_factors, plan_pyramid, pyramid_arrays)
 from selma3d.core.errors import InputError
 from selma3d.preprocess.ingest import ingest_volume
 from selma3d.preprocess.patchify import PatchDataset, load_patch_index, patchify_volume, read_patch, resolve_threshold
@@ -375,3 +375,70 @@ def test_ingest_builds_pyramid_in_the_same_pass(tmp_path, brain):
                       pyramid=tmp_path / "f.ome.zarr", target_spacing_um=(4.0, 3.0, 2.0))
     assert not (tmp_path / "f.zarr").exists() and not (tmp_path / "f.ome.zarr").exists()
     assert _no_leftovers(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path the rules run: exact integer block means, straight from the TIFF slices
+
+
+@pytest.mark.parametrize("dtype,factors,fast", [
+    (np.uint16, (2, 4, 4), (2, 4, 4)), (np.uint8, (1, 8, 2), (1, 8, 2)), (np.int16, (4, 1, 2), (4, 1, 2)),
+    (np.uint16, (4, 8, 8), (4, 8, 8)),  # 16 + log2(256) = 24 bits: still exact in float32
+    (np.uint16, (8, 8, 8), None),  # 25 bits: the float32 reference rounds, so it is not taken
+    (np.uint16, (3, 2, 2), None), (np.int32, (2, 2, 2), None), (np.float32, (2, 2, 2), None)])
+def test_exact_mean_factors(dtype, factors, fast):
+    ops = [axis_op(n, f) for n, f in zip((9, 10, 11), factors)]
+    assert exact_mean_factors(dtype, ops) == fast
+
+
+@pytest.mark.parametrize("shape,dtype,target", [
+    ((21, 34, 47), np.uint16, (4.0, 4.0, 4.0)),  # partial blocks on every axis
+    ((20, 32, 48), np.uint16, (4.0, 4.0, 4.0)),  # none
+    ((13, 37, 29), np.uint8, (2.0, 8.0, 2.0)),
+    ((9, 31, 33), np.int16, (2.0, 4.0, 0.5))])  # x left alone
+def test_block_mean_path_is_bit_identical_to_the_operators(tmp_path, shape, dtype, target):
+    info = np.iinfo(dtype)
+    data = np.random.default_rng(3).integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    spacing = (2.0, 1.0, 0.5)
+    ref = pyramid_arrays(data, spacing, target, levels=3)
+    builder_factors = exact_mean_factors(dtype, [axis_op(n, f) for n, f in
+                                                 zip(shape, plan_pyramid(shape, spacing, target, 3)[0].factors)])
+    assert builder_factors is not None  # the case under test takes the fast path
+    for k, block_bytes in enumerate((1 << 24, 3000, 9000)):
+        reader = RecordingReader(data, spacing, z_chunk=1, row_chunk=4)
+        out = downsample_volume(reader, tmp_path / f"p{k}.ome.zarr", target, levels=3, chunks=(4, 8, 8),
+                                progress=False, max_block_bytes=block_bytes)
+        plain = downsample_volume(data, tmp_path / f"r{k}.ome.zarr", target, levels=3, spacing=spacing,
+                                  chunks=(4, 8, 8), progress=False, max_block_bytes=block_bytes, fast=False)
+        for level in range(3):
+            got = read_zarr_volume(out, level).data
+            assert got.dtype == dtype and np.array_equal(got, ref[level]), (block_bytes, level)
+            assert np.array_equal(got, read_zarr_volume(plain, level).data)
+        # blocks start on the factor grid and every voxel is read once
+        assert all(z0 % builder_factors[0] == 0 and y0 % builder_factors[1] == 0
+                   for z0, _, y0, _, _, _ in reader.calls)
+        assert sum((z1 - z0) * (y1 - y0) * (x1 - x0) for z0, z1, y0, y1, x0, x1 in reader.calls) == data.size
+
+
+def test_rules_path_equals_staged_reference(tmp_path, brain):
+    """What the rules run (pyramid straight from the TIFF slices, block-mean kernel, then
+    patchify) against the plain staged path (full-resolution zarr, then the float operators)."""
+    io.write_tiff_series(tmp_path / "s", brain)
+    target = (4.0, 2.0, 2.0)  # factors (2, 2, 4)
+    rules = downsample_volume(tmp_path / "s", tmp_path / "rules.ome.zarr", target, levels=2, spacing=SPACING,
+                              chunks=(4, 8, 8), progress=False)
+    full = ingest_volume(tmp_path / "s", tmp_path / "full.zarr", spacing=SPACING, chunks=(4, 8, 16), progress=False)
+    staged = downsample_volume(full, tmp_path / "staged.ome.zarr", target, levels=2, chunks=(4, 8, 8),
+                               progress=False, fast=False, clevel=3)
+    for level in range(2):
+        a, b = read_zarr_volume(rules, level), read_zarr_volume(staged, level)
+        assert np.array_equal(a.data, b.data) and a.spacing == b.spacing
+        assert a.meta["translation"] == b.meta["translation"]
+    kw = {"level": 0, "min_foreground": 0.3, "intensity_threshold": 400, "background_share": 0.5, "seed": 0,
+          "progress": False}
+    df_rules = patchify_volume(rules, tmp_path / "a.zarr", tmp_path / "a.csv", 4, **kw)
+    df_staged = patchify_volume(staged, tmp_path / "b.zarr", tmp_path / "b.csv", 4, clevel=3, **kw)
+    assert len(df_rules) > 2 and df_rules.background.any()
+    named = ["volume", "store"]  # from the output names
+    pd.testing.assert_frame_equal(df_rules.drop(columns=named), df_staged.drop(columns=named))
+    assert np.array_equal(zarr.open_array(str(tmp_path / "a.zarr"))[:], zarr.open_array(str(tmp_path / "b.zarr"))[:])

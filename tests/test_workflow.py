@@ -46,7 +46,8 @@ def test_2026_scale_dry_run_is_fast(tmp_path):
     jobs = {line.split()[0]: int(line.split()[1]) for line in res.stdout.splitlines()
             if len(line.split()) == 2 and line.split()[1].isdigit()}
     # the scaling axis: 6 strategies x 4 pretraining data fractions, each finetuned
-    assert jobs["ingest"] == 66 and jobs["pretrain"] == 6 * 4 and jobs["pretrain_data"] == 4
+    assert jobs["downsample"] == 66 and "ingest" not in jobs
+    assert jobs["pretrain"] == 6 * 4 and jobs["pretrain_data"] == 4
     assert jobs["finetune"] == (1 + 6 * 4) * 2 * 3 * 3 and jobs["scaling"] == 1
     assert "pretrain/mae@f0.125/encoder.pt" in res.stdout and "finetune/dino@f0.5/frozen/b5_s2" in res.stdout
     print(f"2026-scale dry-run: {elapsed:.1f} s for {jobs['total']} jobs")
@@ -184,7 +185,7 @@ def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
                     "--configfile", "config/real_cfos.yaml", str(tmp_path / "fast.yaml"))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     out = tmp_path / "r"
-    assert len(list((out / "ingest").glob("*.zarr"))) == 8, "brain 695's eight raw patches are ingested"
+    assert len(list((out / "downsample").glob("*.ome.zarr"))) == 8, "brain 695's eight raw patches are downsampled"
     cases = pd.read_csv(out / "leaderboard" / "cases.csv")
     assert sorted(cases.case.unique()) == [f"cfos_neuron_753_{k}" for k in range(8)]
     assert np.isfinite(cases.dice).all()

@@ -9,7 +9,7 @@ from selma3d.training import runplan
 RESULTS = config["results_dir"]
 DATASET = config["dataset"]
 SSL_STRATEGIES = config["pretrain"]["strategies"]
-# preprocess.unannotated: "volumes" (whole brains: ingest -> downsample -> patchify, one job
+# preprocess.unannotated: "volumes" (whole brains: downsample -> patchify, one job
 # each) or "patches" (files that already are patches: one patchset job per structure)
 PATCHSET = config["preprocess"]["unannotated"] == "patches"
 
@@ -49,7 +49,7 @@ def _synthetic_volumes():
 
 
 def pretrain_volumes():
-    """Unannotated volumes that feed pretraining (ingest -> downsample -> patchify)."""
+    """Unannotated volumes that feed pretraining (downsample -> patchify)."""
     if DATASET["source"] == "synthetic":
         return _synthetic_volumes()
     names = [r["case"] for r in _read_source_manifest() if r["role"] == "unannotated"]

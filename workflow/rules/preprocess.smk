@@ -1,7 +1,8 @@
 # Unannotated data -> patch stores for pretraining. Whole volumes (preprocess.unannotated:
-# volumes): canonical zarr -> OME-Zarr pyramid at the target spacing -> patches, one job chain
-# per volume. Files that already are patches (preprocess.unannotated: patches, e.g. SELMA3D
-# 2026 Task 1): one patchset job per structure filters them into one store.
+# volumes): the source (TIFF slices read straight from the files) -> OME-Zarr pyramid at the
+# target spacing -> patches, one job chain per volume; no full-resolution copy is written.
+# Files that already are patches (preprocess.unannotated: patches, e.g. SELMA3D 2026 Task 1):
+# one patchset job per structure filters them into one store.
 
 if PATCHSET:
 
@@ -30,27 +31,9 @@ if PATCHSET:
 
 else:
 
-    rule ingest:
-        input:
-            manifest=manifest_path(),
-        output:
-            store=directory(f"{RESULTS}/ingest/{{volume}}.zarr"),
-        log:
-            f"{RESULTS}/logs/ingest/{{volume}}.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/ingest/{{volume}}.tsv"
-        params:
-            workers=config["preprocess"]["workers"],
-        threads: config["preprocess"]["workers"]
-        conda:
-            "../../envs/core.yaml"
-        script:
-            "../scripts/ingest.py"
-
-
     rule downsample:
         input:
-            store=rules.ingest.output.store,
+            manifest=manifest_path(),
         output:
             pyramid=directory(f"{RESULTS}/downsample/{{volume}}.ome.zarr"),
         log:

@@ -3,6 +3,7 @@ read, reading the next one while the current one is processed, and a byte progre
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
@@ -11,6 +12,10 @@ import numpy as np
 from selma3d.io.volume import VolumeReader
 
 DEFAULT_BLOCK_BYTES = 128 << 20
+#: blocks a stage allocates afresh for every read: under glibc's largest mmap threshold (32 MiB),
+#: freed blocks are reused from the heap instead of being mapped and page-faulted in again
+#: (downsampling from TIFF: 0.54 GB/s with 64 MiB blocks, 0.84 GB/s with 16 MiB)
+STREAM_BLOCK_BYTES = 16 << 20
 
 
 def plan_blocks(reader: VolumeReader, z_step: int, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -36,6 +41,13 @@ def plan_blocks(reader: VolumeReader, z_step: int, max_block_bytes: int = DEFAUL
         band = Y
     return [(z0, min(Z, z0 + z_step), y0, min(Y, y0 + band))
             for z0 in range(0, Z, z_step) for y0 in range(0, Y, band)]
+
+
+def lcm(a: int, b: int | None) -> int:
+    """Step sizes that must align with two grids (``b`` None or 0: only ``a``)."""
+    if not b:
+        return int(a)
+    return int(a) * int(b) // math.gcd(int(a), int(b))
 
 
 def prefetch(reader: VolumeReader, blocks: Sequence[tuple[int, int, int, int]],

@@ -21,7 +21,7 @@ from selma3d.core.schema import schema_default
 from selma3d.core.atomic import atomic_path
 from selma3d.io import case_name, open_reader
 from selma3d.io.omezarr import ChunkIO, create_ome_zarr, write_block, zarr_workers
-from selma3d.preprocess.blocks import DEFAULT_BLOCK_BYTES, plan_blocks, prefetch, progress_bar
+from selma3d.preprocess.blocks import DEFAULT_BLOCK_BYTES, lcm, plan_blocks, prefetch, progress_bar
 from selma3d.preprocess.pyramid import PyramidBuilder
 
 
@@ -63,7 +63,6 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
                           stacklevel=2)
         Z, Y, X = reader.shape
         chunks = tuple(max(1, min(int(c), s)) for c, s in zip(chunks, reader.shape))
-        blocks = plan_blocks(reader, chunks[0], max_block_bytes, row_step=_lcm(chunks[1], reader.row_chunk))
         attrs = {"selma3d": {"stage": "ingest", "source": Path(str(reader.path)).name if reader.path else None,
                              "shape": list(reader.shape), "dtype": str(np.dtype(reader.dtype)),
                              "spacing_um": list(reader.spacing), "spacing_source": reader.spacing_source}}
@@ -75,6 +74,9 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
             builder = PyramidBuilder(pyramid, reader.shape, reader.dtype, reader.spacing, target_spacing_um,
                                      levels, workers, method, ngff_version=ngff_version,
                                      source_name=attrs["selma3d"]["source"])
+        align = builder.align if builder is not None else (1, 1)  # the pyramid's factor grid
+        blocks = plan_blocks(reader, lcm(chunks[0], align[0]), max_block_bytes,
+                             row_step=lcm(lcm(chunks[1], align[1]), reader.row_chunk))
         try:
             with atomic_path(out_zarr) as tmp, zarr_workers(workers), \
                     ThreadPoolExecutor(1, thread_name_prefix="ingest-read") as pool, \
@@ -104,9 +106,3 @@ def ingest_volume(source, out_zarr: str | Path, spacing: Sequence[float] | None 
             reader.close()
     return out_zarr
 
-
-def _lcm(a: int, b: int | None) -> int:
-    """Band heights must align with the output chunks and, if it has any, the reader's."""
-    if not b:
-        return a
-    return a * b // int(np.gcd(a, b))

