@@ -227,6 +227,7 @@ def test_scaling_table_numbers():
     assert cfos.loc[1.0, "delta"] == pytest.approx(0.64 - 0.52)
     assert cfos.loc[0.125, "samples_seen"] == 400 and pd.isna(cfos.loc[1.0, "pretrain_steps"])
     md = S.render_scaling_markdown(table)
+    assert md.startswith("Test Dice (%) vs pretraining data (selma3d2026, label budget 1)")
     assert "| mae | all | full | 0.5 | 40 |  | 59.0 ± 1.4 (Δ +7.0) | 49.0 ± 1.4 (Δ +7.0) |" in md
     assert "| scratch (no SSL) | – | full | 0 | 0 | 0 | 52.0 ± 2.8 | 42.0 ± 2.8 |" in md
 

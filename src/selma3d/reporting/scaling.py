@@ -120,7 +120,7 @@ def render_scaling_markdown(table: pd.DataFrame) -> str:
     metric = str(table["metric"].iloc[0])
     panels = group_order(table["panel"])
     head = ["strategy", "source", "mode", "fraction", "patches", "steps"] + panels
-    note = (f"Test {metric_label(metric)} (%) vs pretraining data ({table['protocol'].iloc[0]}, label budget "
+    note = (f"Test {metric_label(metric)} vs pretraining data ({table['protocol'].iloc[0]}, label budget "
             f"{table['budget'].iloc[0]}); mean ± std over seeds (each seed: mean over the panel's cases); "
             "Δ = with − without SSL, in points.")
     lines = [note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
