@@ -10,8 +10,8 @@ README.md; nothing between the markers is typed by hand. Sources:
 - ``scaling_synthetic``, ``scaling_real``: ``docs/studies/ssl_scaling/`` and
   ``docs/studies/real_selma_scaling/`` (the pretraining-data scaling table and figure of a run,
   copied by ``--study`` like ``ssl_real``);
-- ``performance``: the newest ``benchmarks/results/<benchmark>_<date>.json`` of each benchmark
-  that states a ``readme`` row (path, measured, reference, ratio, goal).
+- ``performance``: the newest ``benchmarks/results/<benchmark>_<date>.json`` of each benchmark in
+  ``PERFORMANCE``, read into rows (path, measured, reference in the same run, ratio, goal).
 
     python benchmarks/readme.py            # rewrite the sections in README.md
     python benchmarks/readme.py --check    # exit 1 when README.md is out of date (tests run this)
@@ -133,18 +133,90 @@ def scaling_section(name: str) -> str:
     return "\n".join(lines)
 
 
+def _preprocess_rows(d: dict) -> list[dict]:
+    rows = [r for r in d["rows"] if "error" not in r]
+    out = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        here = {r["kind"]: r for r in rows if r["size"] == size}
+        new, ref = here.get("rules"), here.get(d.get("reference", "staged"))
+        if new is None:
+            continue
+        gbs = new["raw_bytes"] / new["times"]["total"] / 1e9
+        out.append({"path": f"streaming preprocessing, rules' path ({new['raw_bytes'] / 2**30:.1f} GiB TIFF series "
+                            f"→ pyramid → patches)",
+                    "measured": f"{gbs:.2f} GB/s, RSS {new['peak_rss_gib']:.2f} GiB"
+                                + ("" if new.get("same_as_reference") is not False else " (outputs DIFFER)"),
+                    "reference": "–" if ref is None else
+                                 f"{ref['raw_bytes'] / ref['times']['total'] / 1e9:.2f} GB/s (previous staged path)",
+                    "ratio": "–" if ref is None else f"{ref['times']['total'] / new['times']['total']:.2f}×",
+                    "goal": "≥ 0.65 GB/s, RSS ≤ 2 GiB"})
+    return out
+
+
+def _inference_rows(d: dict) -> list[dict]:
+    shape = "×".join(map(str, d["small_shape"]))
+    return [{"path": f"whole-volume prediction vs MONAI sliding window ({shape}, roi {d['args']['roi']}³, "
+                     f"{d['args']['threads']} threads)",
+             "measured": f"{d['blockwise']['seconds']:.1f} s (max prob. diff {d['max_abs_prob_diff']:.0e})",
+             "reference": f"{d['monai']['seconds']:.1f} s (MONAI `sliding_window_inference`)",
+             "ratio": f"{d['ratio']:.2f}×", "goal": "≥ 1.5×, same output, memory bounded by the block"}]
+
+
+def _patch_rows(d: dict) -> list[dict]:
+    out = [{"path": f"test-patch inference, 100³ real c-Fos patch, {d['model']}, overlap {d['overlap']}, "
+                    f"{d['threads']} thread",
+            "measured": f"{d['segment_case_s_per_patch']:.1f} s/patch"
+                        + (" (identical output)" if d["equal_output"] else " (output DIFFERS)"),
+            "reference": f"{d['reference_s_per_patch']:.1f} s/patch (MONAI sliding window, as before)",
+            "ratio": f"{d['ratio']:.2f}×", "goal": "≤ 3 s/patch"}]
+    if d.get("tta"):
+        out.append({"path": "… with test-time mirroring (8 flips)", "measured": f"{d['tta']['seconds']:.0f} s/patch",
+                    "reference": "–", "ratio": "–", "goal": "–"})
+    return out
+
+
+def _metrics_rows(d: dict) -> list[dict]:
+    out = []
+    for r in d["rows"]:
+        if r["metric"] == "FULL case_metrics" and r["case"].startswith("vessel"):
+            out.append({"path": f"official metrics, all columns, {r['case'].replace('_', ' ')}³, {r['protocol']}",
+                        "measured": f"{r['ours_s']:.2f} s" + (" (identical numbers)" if r["same"] else " (DIFFER)"),
+                        "reference": f"{r['ref_s']:.2f} s (the official evaluators' code)",
+                        "ratio": f"{r['ratio']:.1f}×", "goal": "≥ 5×, identical numbers"})
+    return out
+
+
+def _loader_rows(d: dict) -> list[dict]:
+    rows = {r["stage"]: r for r in d["rows"]}
+    out = []
+    for stage, label in (("pretrain: loader total", "pretraining loader (zarr read, crop, normalise, collate)"),
+                         ("finetune: total", "finetuning loader (crop, nnU-Net augmentation, collate)")):
+        if stage in rows:
+            r = rows[stage]
+            out.append({"path": f"{label}, 96³, one CPU worker", "measured": f"{r['patches_per_s']:.1f} patches/s",
+                        "reference": f"{r['ref_patches_per_s']:.1f} patches/s (path before)",
+                        "ratio": f"{r['ratio']:.2f}×", "goal": "≥ 25 patches/s per worker"})
+    return out
+
+
+#: README rows of each benchmark's result file, in the order of the performance table
+PERFORMANCE = {"preprocess": _preprocess_rows, "inference": _inference_rows, "patch_inference": _patch_rows,
+               "metrics": _metrics_rows, "loader": _loader_rows, "demo": lambda d: d["readme"]}
+
+
 def performance_section() -> str:
     rows = []
-    for src in sorted({p.name.rsplit("_", 1)[0] for p in RESULTS.glob("*_*.json")}):
-        path = newest(src, ".json")
+    for name, extract in PERFORMANCE.items():
+        path = newest(name, ".json")
+        if path is None:
+            rows.append(f"| `benchmarks/{name}.py` | not run yet | – | – | – | – |")
+            continue
         data = json.loads(path.read_text())
-        for row in data.get("readme", []):
+        for row in extract(data):
             rows.append(f"| {row['path']} | {row['measured']} | {row.get('reference', '–')} | "
                         f"{row.get('ratio', '–')} | {row.get('goal', '–')} | "
                         f"[{data.get('date', '?')}, {data.get('machine', '?')}]({rel(path)}) |")
-    if not rows:
-        return "_No benchmark has written a README row yet._\n"
-    return "\n".join(["| path | measured | reference (same run) | ratio | goal | source |",
+    return "\n".join(["| path | measured | reference (same run) | ratio | goal | result file |",
                       "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
