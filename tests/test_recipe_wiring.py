@@ -5,6 +5,8 @@ Tiny NIfTI cases and networks: every test runs in seconds on a CPU."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -257,3 +259,33 @@ def test_threshold_strategy_fits_on_the_budget_and_infers(data, tmp_path):
         want = classical.predict(image, params["structures"][key])
         got = np.asarray(io.read_volume(out / f"{structure}_test0.nii.gz").data)
         assert np.array_equal(got, want) and got.any(), structure
+
+
+def test_finetuning_starts_from_imported_published_weights(data, tmp_path):
+    """A published checkpoint (nnssl's PlainConvUNet layout) through `selma3d import-weights`
+    into the file finetuning reads, then finetuned: every encoder tensor is loaded, training
+    runs, and the frozen encoder is the imported one."""
+    from test_weights import _plain_conv_unet_state
+
+    from selma3d.cli import main as cli
+    from selma3d.nets.models import build_segmentation_net, encoder_prefixes
+    from selma3d.training.finetune import finetune
+
+    torch.manual_seed(0)
+    sd, levels = _plain_conv_unet_state(build_segmentation_net(TINY_DYN))
+    torch.save({"network_weights": sd}, tmp_path / "checkpoint_final.pth")
+    encoder = tmp_path / "encoder.pt"
+    net = {k: v for k, v in TINY_DYN.items() if k != "backbone"}
+    assert cli(["import-weights", str(tmp_path / "checkpoint_final.pth"), "--format", "nnssl", "--out", str(encoder),
+                "--net", json.dumps(net)]) == 0
+    payload = torch.load(encoder, weights_only=False)
+    n_encoder = sum(k.startswith(tuple(encoder_prefixes("dynunet"))) for k in payload["weights"])
+    settings = finetune_settings(steps=2, val_every=2, batch_size=2, val_overlap=0.25)
+    out = tmp_path / "run"
+    out.mkdir()
+    summary = finetune(data / "manifest.csv", data / "split.csv", TINY_DYN, settings, out / "model.pt",
+                       out / "train_log.csv", mode="frozen", pretrained=encoder, seed=0)
+    assert summary["pretrained_tensors"] == len(payload["weights"]) and n_encoder > 0
+    state = torch.load(out / "model.pt", weights_only=False)["state_dict"]
+    first = f"{levels[0]}.conv1.conv.weight"  # frozen encoder: the trained net still holds the imported tensor
+    assert torch.equal(state[first], sd["encoder.stages.0.0.convs.0.conv.weight"])
