@@ -129,7 +129,7 @@ def scaling_section(name: str) -> str:
     lines = [f"{run_caption(meta)}. {job_times(meta)}", *body]
     if (folder / "pretrain_scaling.png").exists():
         alt = f"Test Dice vs unannotated patches seen in pretraining ({name}, {meta['date']}, {meta['machine']})"
-        lines += [f"![{alt}]({rel(folder / 'pretrain_scaling.png')})", ""]
+        lines += ["", f"![{alt}]({rel(folder / 'pretrain_scaling.png')})", ""]
     return "\n".join(lines)
 
 
