@@ -3,7 +3,8 @@
 A section is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
 README.md; nothing between the markers is typed by hand. Sources:
 
-- ``recipe``: the newest ``benchmarks/results/recipe_<date>.md`` (``benchmarks/recipe.py``);
+- ``recipe`` / ``recipe_synthetic``: the newest ``benchmarks/results/recipe[_synthetic]_<date>.md``
+  (``benchmarks/recipe.py`` on real_selma / on the synthetic SSL benchmark);
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
   the run's date, machine and job times), copied from a workflow run's results folder by
   ``--study``;
@@ -48,8 +49,8 @@ def rel(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
-def recipe_section() -> str:
-    src = newest("recipe", ".md")
+def recipe_section(name: str = "recipe") -> str:
+    src = newest(name, ".md")
     if src is None:
         return "_No recipe benchmark has been run yet (`python benchmarks/recipe.py`)._\n"
     lines = src.read_text().splitlines()
@@ -220,7 +221,7 @@ def performance_section() -> str:
                       "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
-SECTIONS = {"recipe": recipe_section, "ssl_real": ssl_real_section, "performance": performance_section,
+SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section("recipe_synthetic"), "ssl_real": ssl_real_section, "performance": performance_section,
             "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
             "scaling_real": lambda: scaling_section("real_selma_scaling")}
 
