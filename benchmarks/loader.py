@@ -68,19 +68,10 @@ def write_store(path: Path, patches: np.ndarray) -> None:
 # ------------------------------------------------------------------- reference paths
 
 
-def ref_percentile_scale(x: np.ndarray, low: float = 0.05, high: float = 99.95) -> np.ndarray:
-    """``normalize.percentile_scale`` before this benchmark's fixes."""
-    x = np.asarray(x, dtype=np.float32)
-    lo, hi = (np.float32(v) for v in np.percentile(x, [low, high]))
-    if hi <= lo:
-        return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo) * np.float32(2.0) - np.float32(1.0), -1.0, 1.0).astype(np.float32)
-
-
 def ref_item(patch: np.ndarray, seed: int) -> torch.Tensor:
     """``PatchSampleDataset.__getitem__``'s crop + normalise before the fixes."""
     crop = S.random_crop(patch, SIZE, np.random.default_rng(seed))
-    return torch.from_numpy(ref_percentile_scale(crop)[None].copy())
+    return torch.from_numpy(N.percentile_scale(crop)[None].copy())
 
 
 # ------------------------------------------------------------------------------ runs
