@@ -157,7 +157,7 @@ def _preprocess_rows(d: dict) -> list[dict]:
 def _inference_rows(d: dict) -> list[dict]:
     shape = "×".join(map(str, d["small_shape"]))
     return [{"path": f"whole-volume prediction vs MONAI sliding window ({shape}, roi {d['args']['roi']}³, "
-                     f"{d['args']['threads']} threads)",
+                     f"{d['args']['threads']} threads, load average {d.get('load_average', '?').split()[0]})",
              "measured": f"{d['blockwise']['seconds']:.1f} s (max prob. diff {d['max_abs_prob_diff']:.0e})",
              "reference": f"{d['monai']['seconds']:.1f} s (MONAI `sliding_window_inference`)",
              "ratio": f"{d['ratio']:.2f}×", "goal": "≥ 1.5×, same output, memory bounded by the block"}]
@@ -165,7 +165,7 @@ def _inference_rows(d: dict) -> list[dict]:
 
 def _patch_rows(d: dict) -> list[dict]:
     out = [{"path": f"test-patch inference, 100³ real c-Fos patch, {d['model']}, overlap {d['overlap']}, "
-                    f"{d['threads']} thread",
+                    f"{d['threads']} thread, load average {d.get('load_average', '?').split()[0]}",
             "measured": f"{d['segment_case_s_per_patch']:.1f} s/patch"
                         + (" (identical output)" if d["equal_output"] else " (output DIFFERS)"),
             "reference": f"{d['reference_s_per_patch']:.1f} s/patch (MONAI sliding window, as before)",
