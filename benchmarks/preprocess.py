@@ -140,7 +140,7 @@ def same_outputs(a: Path, b: Path) -> bool:
     from selma3d.io.omezarr import read_zarr_volume
 
     pa, pb = a / "pyramid.ome.zarr", b / "pyramid.ome.zarr"
-    levels = len(zarr.open_group(str(pa), mode="r").array_keys())
+    levels = len(list(zarr.open_group(str(pa), mode="r").array_keys()))
     for level in range(levels):
         if not np.array_equal(read_zarr_volume(pa, level).data, read_zarr_volume(pb, level).data):
             return False
