@@ -100,9 +100,9 @@ def ssl_real_section(name: str = "real_selma_ssl") -> str:
     cases = pd.read_csv(folder / "cases.csv", dtype={"budget": str})
     head = (f"{run_caption(meta)}; validation Dice in % (validation = the scored split), "
             f"mean ± std over seeds of each seed's mean over the cases; Δ: the strategy's mean minus "
-            f"scratch's, same budget and seed. {job_times(meta)}")
+            f"scratch's, same budget and seed. {job_times(meta)}" + (f" {meta['note']}" if meta.get("note") else ""))
     lines = [head, "", *ssl_table(cases), ""]
-    if (folder / "dice_vs_budget.png").exists():
+    if (folder / "dice_vs_budget.png").exists() and cases["budget"].nunique() > 1:
         lines += [f"![Validation Dice vs label budget, real data]({rel(folder / 'dice_vs_budget.png')})", ""]
     return "\n".join(lines)
 
@@ -236,7 +236,7 @@ def render(text: str) -> str:
     return MARK.sub(fill, text)
 
 
-def copy_study(name: str, results: Path, configfiles: list[str]) -> None:
+def copy_study(name: str, results: Path, configfiles: list[str], note: str = "") -> None:
     """Copy a finished run's per-case scores, label-efficiency figure and (a scaling study) scaling
     table and figure into docs/studies/NAME."""
     cases = results / "leaderboard" / "cases.csv"
@@ -256,6 +256,8 @@ def copy_study(name: str, results: Path, configfiles: list[str]) -> None:
     meta = {"date": datetime.date.today().isoformat(),
             "machine": f"{platform.node() or 'unknown'} ({platform.machine()}, CPU)",
             "configfiles": configfiles, "job_s": {k: round(v, 1) for k, v in job_s.items()}}
+    if note:
+        meta["note"] = note
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
@@ -264,9 +266,10 @@ def main() -> None:
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md is not what the files generate")
     ap.add_argument("--study", nargs=2, metavar=("NAME", "RESULTS_DIR"))
     ap.add_argument("--configfile", nargs="+", default=[], help="with --study: the config files of the run")
+    ap.add_argument("--note", default="", help="with --study: how the run differed from its config files")
     args = ap.parse_args()
     if args.study:
-        copy_study(args.study[0], Path(args.study[1]), args.configfile)
+        copy_study(args.study[0], Path(args.study[1]), args.configfile, args.note)
     readme = REPO / "README.md"
     text = readme.read_text()
     new = render(text)
