@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _results import load_average, machine
 
 
 def run_demo(checkout: Path, results: Path, cores: int) -> dict:
@@ -49,13 +51,6 @@ def run_demo(checkout: Path, results: Path, cores: int) -> dict:
             "per_rule": per_rule.round(1).reset_index().to_dict("records")}
 
 
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref", help="git revision to time first, from a clean temporary worktree")
@@ -75,10 +70,10 @@ def main() -> None:
                 subprocess.run(["git", "worktree", "remove", "--force", str(ref)], cwd=REPO, check=False)
         runs["this"] = run_demo(REPO, tmp / "results", args.cores)
     stamp = datetime.date.today().isoformat()
-    machine = f"{platform.node() or 'unknown'} ({platform.machine()}, CPU, {os.cpu_count()} cores)"
+    where = machine()
     this = runs["this"]
     ratio = f"{runs['reference']['wall_s'] / this['wall_s']:.2f}×" if "reference" in runs else "–"
-    lines = [f"# `make demo` main job ({stamp}, {machine})", "",
+    lines = [f"# `make demo` main job ({stamp}, {where})", "",
              f"load average before: {load_before}; after: {load_average()}", "",
              "| run | wall | jobs |", "|---|---|---|"]
     lines += [f"| {name} | {r['wall_s'] / 60:.1f} min | {r['jobs']} |" for name, r in runs.items()]
@@ -95,7 +90,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"demo_{stamp}.md").write_text("\n".join(lines) + "\n")
     (out / f"demo_{stamp}.json").write_text(json.dumps(
-        {"date": stamp, "machine": machine, "load_before": load_before, "ref": args.ref, "runs": runs,
+        {"date": stamp, "machine": where, "load_before": load_before, "ref": args.ref, "runs": runs,
          "readme": readme}, indent=1) + "\n")
     print("\n".join(lines))
 
