@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -202,8 +201,9 @@ def report(pre: dict, fine: dict, n: int) -> list[dict]:
 
 def save(rows: list[dict], pre: dict, fine: dict, args: argparse.Namespace, n: int) -> None:
     stamp = datetime.date.today().isoformat()
-    machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, " \
-              f"{os.cpu_count()} cores)"
+    from _results import machine as machine_name  # benchmarks/ is the script's folder
+
+    machine = machine_name()
     lines = [f"# Data loader: 96³ patches/s per CPU worker ({stamp}, {machine})", "",
              (f"{n} patches, batch {args.batch}, one process with one torch thread; reference = the path before "
               f"this benchmark's fixes, same run, same items; pretraining samples identical: {pre['same']}; "

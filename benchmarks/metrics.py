@@ -28,7 +28,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -276,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
 def save(rows: list[dict], ok: bool, t_compile: float, args: argparse.Namespace) -> None:
     """benchmarks/results/metrics_<date>.{json,md}: the rows, the machine, no paths."""
     stamp = datetime.date.today().isoformat()
-    machine = f"{platform.node() or 'unknown'} ({platform.machine()}, {platform.processor() or 'cpu'}, " \
-              f"{os.cpu_count()} cores)"
+    from _results import machine as machine_name  # benchmarks/ is the script's folder
+
+    machine = machine_name()
     for r in rows:
         r["ratio"] = r["ref_s"] / r["ours_s"] if r["ours_s"] > 0 else math.inf
     lines = [f"# Official metrics vs the reference implementations ({stamp}, {machine})", "",
