@@ -20,7 +20,10 @@ to override, an unknown key raises):
    ±``rotate_inplane_deg`` (30°); about y and x within ±``rotate_outofplane_deg`` — by default
    30° for near-isotropic data and ``rotate_outofplane_deg_anisotropic`` (5°) when
    max/min spacing > ``anisotropy_threshold`` (3, nnU-Net's rule). Scale factor in
-   ``scale_range`` (0.7-1.4, same for all axes; > 1 zooms out as in nnU-Net).
+   ``scale_range`` (0.7-1.4; > 1 zooms out as in nnU-Net), the same for all axes except with
+   probability ``p_scale_per_axis`` (0 by default, nnU-Net's synchronised scaling), when each
+   axis draws its own factor in ``scale_range``: a change of voxel shape, as between specimens
+   imaged with another z-step or magnification.
 2. elastic deformation (``p_elastic``, off by default; MONAI ``Rand3DElasticd``).
 3. Gaussian noise (``p_noise`` 0.1): MONAI samples the noise std uniformly in
    [0, sqrt(max of ``noise_variance``)] (nnU-Net samples the variance in (0, 0.1)).
@@ -64,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "anisotropy_threshold": 3.0,
     "p_scaling": 0.2,
     "scale_range": (0.7, 1.4),
+    "p_scale_per_axis": 0.0,
     "p_elastic": 0.0,
     "elastic_sigma": (5.0, 8.0),
     "elastic_magnitude": (100.0, 200.0),
@@ -138,16 +142,22 @@ def _rotate_scale_transform(c: dict[str, Any], dtype=torch.float32):
                                math.radians(float(c["rotate_outofplane_deg"])),
                                math.radians(float(c["rotate_outofplane_deg"]))]
             self.scale_range = tuple(float(s) for s in c["scale_range"])
+            self.p_per_axis = float(c["p_scale_per_axis"])
             self.padding = c["image_padding"]
             self.do_rot = self.do_scale = False
-            self.angles, self.scale = [0.0, 0.0, 0.0], 1.0
+            self.angles, self.scale = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
 
         def randomize(self, data=None) -> None:
             # always draw every value so the stream advances the same way whatever is applied
             self.do_rot = self.R.rand() < self.p_rot
             self.do_scale = self.R.rand() < self.p_scale
             self.angles = [float(self.R.uniform(-a, a)) for a in self.max_angles]
-            self.scale = float(self.R.uniform(*self.scale_range))
+            self.scale = [float(self.R.uniform(*self.scale_range))] * 3
+            if self.p_per_axis > 0:  # extra draws only when enabled: streams without it are unchanged
+                per_axis = self.R.rand() < self.p_per_axis
+                others = [float(self.R.uniform(*self.scale_range)) for _ in range(2)]
+                if per_axis:
+                    self.scale = [self.scale[0], *others]
 
         def __call__(self, data):
             self.randomize()
@@ -155,7 +165,7 @@ def _rotate_scale_transform(c: dict[str, Any], dtype=torch.float32):
                 return data
             d = dict(data)
             kw = {"rotate_params": self.angles if self.do_rot else None,
-                  "scale_params": [self.scale] * 3 if self.do_scale else None, "image_only": True, "dtype": dtype}
+                  "scale_params": list(self.scale) if self.do_scale else None, "image_only": True, "dtype": dtype}
             d["image"] = _plain(Affine(mode="bilinear", padding_mode=self.padding, **kw)(d["image"]))
             if "label" in d:
                 d["label"] = _plain(Affine(mode="nearest", padding_mode="zeros", **kw)(d["label"]))

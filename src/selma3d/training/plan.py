@@ -67,7 +67,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "max_batch_size": None,
     "max_dataset_coverage": 0.05,
     "foreground_oversample": 0.33,  # float, or {structure: float}
-    "normalization": "auto",  # auto, percentile or zscore
+    "normalization": "auto",  # auto, percentile, zscore or local
     "variation_threshold": 2.0,
     "max_pool": 5,
     "min_feature_map": 4,
@@ -315,10 +315,10 @@ def make_plan(fp: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
         else:
             norm = "zscore"
             reason = f"per-case intensity percentiles vary {worst:.2f}x (<= {thr:g}x): global foreground z-score"
-    elif norm in ("percentile", "zscore"):
+    elif norm in ("percentile", "zscore", "local"):
         reason = "set by overrides"
     else:
-        raise InputError(None, "normalization auto, percentile or zscore", repr(norm))
+        raise InputError(None, "normalization auto, percentile, zscore or local", repr(norm))
     structures = sorted(fp["structures"])
     fo = o["foreground_oversample"]
     fg_over = {s: float(fo.get(s, PLAN_DEFAULTS["foreground_oversample"]) if isinstance(fo, dict) else fo)
