@@ -34,11 +34,44 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def parse_variant(variant: str) -> tuple[str, str, dict]:
+    """``recipe[:optimizer][@key=value,...]`` -> (recipe, optimizer or "", nested config override).
+
+    Keys are dotted config paths (``plan.normalize=percentile``,
+    ``finetune.augmentation.p_scale_per_axis=0``); values are read as YAML."""
+    head, _, extra = variant.partition("@")
+    recipe, _, optimizer = head.partition(":")
+    override: dict = {}
+    for item in filter(None, extra.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"variant {variant!r}: expected key=value after '@', found {item!r}")
+        node = override
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return recipe, optimizer, override
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, blocks recursively."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def slug(variant: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in variant)
+
+
 def run(variant: str, seeds: list[int], args, workdir: Path) -> tuple[pd.DataFrame, float]:
-    """One workflow run for every seed: ``variant`` is a recipe (``legacy``, ``nnunet``) or
-    ``recipe:optimizer``. The seeds share the run's data preparation."""
-    recipe, _, optimizer = variant.partition(":")
-    out = workdir / variant.replace(":", "_")
+    """One workflow run for every seed: ``variant`` is a recipe (``legacy``, ``nnunet``),
+    ``recipe:optimizer``, either with ``@key=value,...`` config overrides (:func:`parse_variant`).
+    The seeds share the run's data preparation."""
+    recipe, optimizer, extra = parse_variant(variant)
+    out = workdir / slug(variant)
     override = {
         "results_dir": str(out),
         "pretrain": {"strategies": []},
@@ -51,7 +84,8 @@ def run(variant: str, seeds: list[int], args, workdir: Path) -> tuple[pd.DataFra
         override["finetune"]["optimizer"] = optimizer
     if recipe == "legacy" and args.legacy_inference:
         override["infer"].update({"mirror_axes": [], "postprocess": {"select_on_validation": False}})
-    cfg = workdir / f"{variant.replace(':', '_')}.yaml"
+    override = merge(override, extra)
+    cfg = workdir / f"{slug(variant)}.yaml"
     cfg.write_text(yaml.safe_dump(override))
     cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
            str(REPO / args.configfile), str(cfg)]
@@ -69,7 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["legacy", "nnunet"],
-                    help="recipes, or recipe:optimizer (e.g. nnunet:adamw: the nnunet recipe with AdamW)")
+                    help="recipes, recipe:optimizer (e.g. nnunet:adamw: the nnunet recipe with AdamW), either "
+                         "with @key=value,... config overrides (e.g. nnunet@plan.normalize=percentile)")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--mirror-axes", type=int, nargs="*", default=[0, 1, 2])

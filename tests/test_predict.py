@@ -199,3 +199,34 @@ def test_window_streams_split_a_batch_and_give_each_window_its_own_result():
             assert model is net  # one thread: the net itself
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape,block", [((30, 34, 41), 8), ((11, 40, 33), 12)])
+def test_local_normalisation_blockwise_equals_the_whole_volume(tmp_path, shape, block):
+    """A local normaliser reads a halo around each region: the block-wise input equals
+    local_contrast of the whole volume cut to the region, and so the prediction equals MONAI's on it."""
+    from selma3d.inference.volume import BlockPredictor, iter_blocks
+    from selma3d.preprocess.normalize import local_contrast
+
+    data = volume(shape, seed=3)
+    norm = volume_normalizer(io.ArrayReader(data), "local")
+    assert norm.halo == (6, 21, 21)
+    whole = local_contrast(data)
+    grid = Grid.build(data.shape, (16, 16, 16), 0.25)
+    bp = BlockPredictor(tiny_net(), grid, torch.device("cpu"), batch=3, block=block)
+    for b in iter_blocks(data.shape, block):
+        box = bp.region(b)
+        if box is None:
+            continue
+        region = bp.read_region(io.ArrayReader(data), box, norm)
+        # region in padded coordinates; compare its in-volume part
+        sl = [slice(max(0, a - p), min(n, bb - p)) for (a, bb), p, n in zip(box, grid.pad_before, shape)]
+        inner = tuple(slice(s.start + p - a, s.stop + p - a) for s, (a, _), p in zip(sl, box, grid.pad_before))
+        np.testing.assert_array_equal(region[inner], whole[tuple(sl)])
+    out = predict_volume(tiny_net(), io.ArrayReader(data), tmp_path / "l.ome.zarr", (16, 16, 16), overlap=0.25,
+                         block=block, batch=3, probability=True, prob_dtype="float16", normalization="local",
+                         device=torch.device("cpu"))
+    from selma3d.io.omezarr import ZarrReader
+
+    got = ZarrReader(out).read_slab(0, shape[0]).astype(np.float32)
+    assert np.abs(got - reference(tiny_net(), data, (16, 16, 16), 0.25, local_contrast)).max() < 1e-3

@@ -427,3 +427,54 @@ def test_plan_on_real_cfos_brain(real_data):
     assert plan["patch_size"] == [96, 96, 96]  # fits the 100³ patches, multiple of the stride 16
     assert plan["network"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
     assert plan["normalization"] == "percentile"  # background levels differ several-fold between patches
+
+
+def test_scaling_per_axis_changes_the_voxel_shape_and_is_off_by_default():
+    """p_scale_per_axis 1: each axis draws its own factor (a box changes its aspect ratio); 0
+    (nnU-Net's default): one factor, and the random stream is the one without the option."""
+    from selma3d.augment.pipeline import DEFAULTS, build_augmentation
+
+    assert DEFAULTS["p_scale_per_axis"] == 0.0
+    img = np.zeros((1, 32, 32, 32), np.float32)
+    lab = np.zeros((32, 32, 32), np.uint8)
+    lab[12:20, 12:20, 12:20] = 1
+    off = {k: 0.0 for k in DEFAULTS if k.startswith("p_")}
+    cfg = {**off, "p_scaling": 1.0, "scale_range": (0.6, 1.7)}
+
+    def extents(lb):
+        idx = np.nonzero(lb)
+        return np.array([i.max() - i.min() + 1 for i in idx])
+
+    ratios_sync, ratios_axis = [], []
+    for seed in range(6):
+        e = extents(build_augmentation(cfg, None, seed=seed)(img, lab)[1])
+        ratios_sync.append(e.max() / e.min())
+        e = extents(build_augmentation({**cfg, "p_scale_per_axis": 1.0}, None, seed=seed)(img, lab)[1])
+        ratios_axis.append(e.max() / e.min())
+    assert max(ratios_sync) <= 1.25  # a cube stays a cube (nearest rounding aside)
+    assert max(ratios_axis) > 1.3    # the axes scaled differently
+    a = build_augmentation({**cfg, "p_scale_per_axis": 1.0}, None, seed=4)(img, lab)
+    b = build_augmentation({**cfg, "p_scale_per_axis": 1.0}, None, seed=4)(img, lab)
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+
+
+def test_local_contrast_is_invariant_to_specimen_brightness_and_flags_small_bright_objects():
+    from selma3d.preprocess.normalize import local_contrast, percentile_scale
+
+    rng = np.random.default_rng(0)
+    bg = rng.normal(1000, 30, size=(20, 48, 48)).astype(np.float32)
+    bg += np.linspace(0, 2000, 48, dtype=np.float32)[None, None, :]  # an autofluorescence gradient
+    img = bg.copy()
+    img[8:11, 10:14, 10:14] *= 3.0   # a cell three times its surroundings, on the dim side
+    img[8:11, 30:34, 38:42] *= 3.0   # and one on the bright side
+    out = local_contrast(img)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    cells = (out[9, 12, 12], out[9, 32, 40])
+    assert all(abs(c - np.log(3.0)) < 0.25 for c in cells)  # the same contrast on both sides
+    assert abs(np.median(out)) < 0.1                       # background at ~0
+    np.testing.assert_allclose(local_contrast(img * 7.0 + 6.0), out, atol=0.01)  # brightness-invariant
+    # per-case percentiles move with a few saturated voxels; the local ratio does not (away from them)
+    hot = img.copy()
+    hot[0, :4, :8] = 65535
+    assert np.abs(percentile_scale(hot) - percentile_scale(img))[5:, 20:, 20:].max() > 0.1
+    np.testing.assert_array_equal(local_contrast(hot)[5:, 20:, 20:], out[5:, 20:, 20:])

@@ -99,8 +99,22 @@ class Normalizer:
     b: float  # percentile: high value; zscore: std
     clip: tuple[float, float] | None = None  # zscore: clip to this range first (a training plan's global z-score)
 
+    @property
+    def halo(self) -> tuple[int, int, int] | None:
+        """Voxels of context each side a local method needs to map a region exactly as it
+        maps the whole volume (None: a voxel-wise mapping)."""
+        if self.method != "local":
+            return None
+        from selma3d.preprocess.normalize import local_contrast_reach
+
+        return local_contrast_reach()
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
+        if self.method == "local":
+            from selma3d.preprocess.normalize import local_contrast
+
+            return local_contrast(x)
         if self.method == "percentile":
             lo, hi = np.float32(self.a), np.float32(self.b)
             if hi <= lo:
@@ -111,6 +125,22 @@ class Normalizer:
         if self.clip is not None:
             x = np.clip(x, np.float32(self.clip[0]), np.float32(self.clip[1]))
         return ((x - np.float32(self.a)) / np.float32(self.b)).astype(np.float32)
+
+
+def mirror_pad(x: np.ndarray, pad) -> np.ndarray:
+    """``x`` padded per axis by ``(before, after)`` with its mirror image about the edge voxel
+    (scipy's ``mirror`` mode, numpy's ``reflect``), repeated for pads longer than the axis."""
+    for axis, (before, after) in enumerate(pad):
+        while before > 0 or after > 0:
+            n = x.shape[axis] - 1
+            b, a = min(before, n), min(after, n)
+            if n == 0:  # a single plane mirrors onto itself
+                b, a = before, after
+                x = np.pad(x, [(b, a) if i == axis else (0, 0) for i in range(x.ndim)], mode="edge")
+            else:
+                x = np.pad(x, [(b, a) if i == axis else (0, 0) for i in range(x.ndim)], mode="reflect")
+            before, after = before - b, after - a
+    return x
 
 
 def sample_intensities(reader: VolumeReader, max_voxels: int = 2**24) -> np.ndarray:
@@ -138,7 +168,9 @@ def volume_normalizer(reader: VolumeReader, method: str = "percentile", max_voxe
         return Normalizer("percentile", float(np.float32(lo)), float(np.float32(hi)))
     if method == "zscore":
         return Normalizer("zscore", float(sample.mean()), float(sample.std()))
-    raise ValueError(f"unknown normalisation {method!r}; choose percentile or zscore")
+    if method == "local":  # no volume statistics: each voxel against its own neighbourhood
+        return Normalizer("local", 0.0, 0.0)
+    raise ValueError(f"unknown normalisation {method!r}; choose percentile, zscore or local")
 
 
 # -- block-wise inference -------------------------------------------------------------------
@@ -224,8 +256,20 @@ class BlockPredictor:
             src.append((o0, o1))
             dst.append(slice(o0 + p - a, o1 + p - a))
         out = np.zeros([b - a for a, b in box], dtype=np.float32)
-        data = reader.read_block(src[0][0], src[0][1], src[1][0], src[1][1], src[2][0], src[2][1])
-        out[tuple(dst)] = normalizer(data)
+        halo = getattr(normalizer, "halo", None)
+        if halo is None:
+            data = reader.read_block(src[0][0], src[0][1], src[1][0], src[1][1], src[2][0], src[2][1])
+            out[tuple(dst)] = normalizer(data)
+            return out
+        # a local mapping: read the context around the box too; at the volume's faces mirror the
+        # volume (as the whole-volume filter does), then keep the box: equal to normalising the
+        # whole volume and cutting the box out
+        wide = [(max(0, o0 - h), min(n, o1 + h)) for (o0, o1), h, n in zip(src, halo, self.grid.shape)]
+        data = reader.read_block(wide[0][0], wide[0][1], wide[1][0], wide[1][1], wide[2][0], wide[2][1])
+        pad = [(h - (o0 - w0), h - (w1 - o1)) for (o0, o1), (w0, w1), h in zip(src, wide, halo)]
+        data = mirror_pad(np.asarray(data, dtype=np.float32), pad)
+        inner = tuple(slice(h, h + (o1 - o0)) for (o0, o1), h in zip(src, halo))
+        out[tuple(dst)] = normalizer(data)[inner]
         return out
 
     @torch.inference_mode()

@@ -43,12 +43,18 @@ def local_contrast(x: np.ndarray, window: tuple[int, int, int] = LOCAL_WINDOW) -
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 3:
         raise ValueError(f"local_contrast expects a (z, y, x) volume, got shape {x.shape}")
-    size = tuple(max(1, min(int(w), n)) for w, n in zip(window, x.shape))
+    size = tuple(max(1, int(w)) for w in window)
     background = ndimage.uniform_filter(ndimage.grey_opening(x, size=size, mode="mirror"), size=size,
                                         mode="mirror")
     one = np.float32(1.0)
     out = np.log((np.maximum(x, 0) + one) / (np.maximum(background, 0) + one))
     return np.clip(out, -2.0, 4.0).astype(np.float32)
+
+
+def local_contrast_reach(window: tuple[int, int, int] = LOCAL_WINDOW) -> tuple[int, int, int]:
+    """How far (voxels per axis) :func:`local_contrast` looks from a voxel: the opening's
+    erosion and dilation, then the box filter, each reach ``window // 2``."""
+    return tuple(3 * (int(w) // 2) for w in window)
 
 
 NORMALIZERS = {"percentile": percentile_scale, "zscore": zscore, "local": local_contrast}
