@@ -478,3 +478,25 @@ def test_local_contrast_is_invariant_to_specimen_brightness_and_flags_small_brig
     hot[0, :4, :8] = 65535
     assert np.abs(percentile_scale(hot) - percentile_scale(img))[5:, 20:, 20:].max() > 0.1
     np.testing.assert_array_equal(local_contrast(hot)[5:, 20:, 20:], out[5:, 20:, 20:])
+
+
+def test_local_contrast_anchors_the_background_of_real_cfos_patches_of_two_brains(real_data):
+    """On the real c-Fos patches (brains 695 and 753), per-case percentile scaling puts the
+    background anywhere from about -0.9 (a patch mostly outside the tissue) to 0 (a dense one),
+    and the annotated cells of one patch below the background of another; local_contrast keeps
+    the background of every patch near 0 and the cells above it."""
+    from selma3d.preprocess.normalize import local_contrast, percentile_scale
+
+    bg_pct, bg_local, cells_local = [], [], []
+    for brain in ("695", "753"):
+        for image in sorted((real_data / f"cfos_brain{brain}" / "raw").glob("*.nii.gz")):
+            x = io.read_volume(image).data.astype(np.float32)
+            fg = io.read_volume(real_data / f"cfos_brain{brain}" / "gt" / image.name).data > 0
+            p, loc = percentile_scale(x), local_contrast(x)
+            bg_pct.append(float(np.median(p)))
+            bg_local.append(float(np.median(loc)))
+            cells_local.append(float(loc[fg].mean()))
+    assert len(bg_pct) == 16
+    assert max(bg_pct) - min(bg_pct) > 0.8
+    assert max(bg_local) - min(bg_local) < 0.1 and all(0 <= b < 0.2 for b in bg_local)
+    assert min(cells_local) > max(bg_local) + 0.05

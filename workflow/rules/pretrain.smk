@@ -41,6 +41,7 @@ rule pretrain:
         checkpoint_every=config["pretrain"]["checkpoint_every"],
         checkpoint_dir=lambda wc: f"{RESULTS}/checkpoints/pretrain/{wc.strategy}{wc.pdata}",
         precision=config["pretrain"]["precision"],
+        normalize=config["pretrain"]["normalize"],
         gpus=config["pretrain"]["gpus"],
         speed={
             k: config["pretrain"][k]

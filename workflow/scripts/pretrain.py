@@ -18,4 +18,4 @@ pretrain(snakemake.wildcards.strategy, config, list(snakemake.input.indexes), sn
          snakemake.output.curve, steps=p.steps, batch_size=batch_size, seed=p.seed,
          num_workers=p.num_workers, log_every=p.log_every, checkpoint_dir=p.checkpoint_dir,
          checkpoint_every=p.checkpoint_every, precision=p.precision, extra_meta=p.dataset_meta,
-         gpus=p.gpus, ddp_log_dir=Path(snakemake.log[0]).with_suffix(".ranks"), **p.speed)
+         gpus=p.gpus, normalization=p.normalize, ddp_log_dir=Path(snakemake.log[0]).with_suffix(".ranks"), **p.speed)

@@ -234,8 +234,10 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     if pretrained:
         payload = torch.load(pretrained, map_location="cpu", weights_only=False)
         cfg = stored_network(payload)
-        if norm != "percentile":
-            log.warning("pretraining normalised patches per case (percentile); finetuning uses %s", norm)
+        pre_norm = payload.get("normalize", "percentile")  # files of earlier versions: percentile
+        if norm != pre_norm:
+            log.warning("pretraining normalised its samples with %s; finetuning uses %s (set pretrain.normalize)",
+                        pre_norm, norm)
     cfg, plan_batch = R.plan_network(rec, cfg, trains_model_block=not pretrained and not scratch_net)
     cfg = R.with_deep_supervision(cfg, rec)
     net = build_segmentation_net(cfg)

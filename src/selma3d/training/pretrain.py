@@ -50,6 +50,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
              channels_last: bool = schema_default("pretrain.channels_last"),
              compile: bool = schema_default("pretrain.compile"),
              pin_memory: bool | None = schema_default("pretrain.pin_memory"),
+             normalization: str = schema_default("pretrain.normalize"),
              find_unused_parameters: bool = True, ddp_log_dir: str | Path | None = None) -> Path:
     """Pretrain one strategy on patchify's output and export its encoder weights.
 
@@ -101,10 +102,10 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
 
     index = read_patch_index(patch_indexes)
     patch_size = tuple(model.net_config["patch_size"])  # the size the network was built for
-    dataset = PatchSampleDataset(index, patch_size, settings.get("normalize", "percentile"))
+    dataset = PatchSampleDataset(index, patch_size, normalization)
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
     key = run_key(strategy=strategy, config=config, steps=steps, batch_size=batch_size, seed=seed,
-                  shards=shards, indexes=sorted(Path(p).name for p in patch_indexes))
+                  shards=shards, indexes=sorted(Path(p).name for p in patch_indexes), normalization=normalization)
     start = load_checkpoint(ckpt, key, model=model, optimizer=optimizer, scheduler=scheduler) if ckpt else 0
     curve_rows = _read_curve(Path(checkpoint_dir) / "curve.csv") if ckpt and start else []
     curve_rows = [r for r in curve_rows if r["step"] < start]
@@ -198,7 +199,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
             raise RuntimeError(f"strategy {strategy!r} exported no encoder weights")
         with atomic_path(weights_out) as tmp:
             torch.save({"strategy": strategy, "config": config, "net": model.net_config, "weights": weights, "steps": steps,
-                        "shards": n_shards, "batch_size": batch_size, "seed": seed}, tmp)
+                        "shards": n_shards, "batch_size": batch_size, "seed": seed, "normalize": normalization}, tmp)
         _write_curve(curve_out, curve_rows)
         log.info("exported %d encoder tensors to %s", len(weights), weights_out)
     distributed.barrier(info)
