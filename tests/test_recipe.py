@@ -392,6 +392,7 @@ def test_plan_on_small_synthetic_volumes(tmp_path):
     assert all(p % d == 0 for p, d in zip(ps, div)) and ps == [24, 64, 64]
     assert net["strides"][1] == [1, 2, 2] and net["kernel_size"][0] == [1, 3, 3]  # anisotropy-aware
     assert plan["normalization"] == "zscore" and plan["batch_size"] >= 2  # similar brightness: global z-score
+    assert plan["normalization_by_structure"] == {"cfos_neuron": "zscore"}  # local only replaces percentile
     assert plan["foreground_oversample"] == {"cfos_neuron": 0.33} and plan["structures"] == ["cfos_neuron"]
     small = P.make_plan(fp, {"max_patch_voxels": 16 * 32 * 32, "foreground_oversample": {"cfos_neuron": 0.5}})
     assert np.prod(small["patch_size"]) <= 16 * 32 * 32 and small["foreground_oversample"]["cfos_neuron"] == 0.5
@@ -427,6 +428,12 @@ def test_plan_on_real_cfos_brain(real_data):
     assert plan["patch_size"] == [96, 96, 96]  # fits the 100³ patches, multiple of the stride 16
     assert plan["network"]["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 4
     assert plan["normalization"] == "percentile"  # background levels differ several-fold between patches
+    # c-Fos cells (95th percentile bounding box 5 x 8 x 10 voxels) fit the local-contrast window
+    assert all(e <= w for e, w in zip(s["component_extent_p95"], (5, 15, 15)))
+    assert plan["normalization_by_structure"] == {"cfos_neuron": "local"}
+    assert "local contrast for cfos_neuron" in plan["normalization_reason"]
+    assert P.make_plan(fp, {"local_contrast": False})["normalization_by_structure"] == {"cfos_neuron": "percentile"}
+    assert P.make_plan(fp, {"normalization": "zscore"})["normalization_by_structure"] == {"cfos_neuron": "zscore"}
 
 
 def test_scaling_per_axis_changes_the_voxel_shape_and_is_off_by_default():
@@ -500,3 +507,28 @@ def test_local_contrast_anchors_the_background_of_real_cfos_patches_of_two_brain
     assert max(bg_pct) - min(bg_pct) > 0.8
     assert max(bg_local) - min(bg_local) < 0.1 and all(0 <= b < 0.2 for b in bg_local)
     assert min(cells_local) > max(bg_local) + 0.05
+
+
+def test_segment_case_normalises_each_structure_as_the_model_was_trained():
+    """A model whose plan normalised c-Fos locally and the rest per-case: segment_case gives
+    c-Fos images the local contrast and an unseen structure the default."""
+    from selma3d.inference.patches import probability, segment_case
+    from selma3d.preprocess.normalize import local_contrast, percentile_scale
+    from selma3d.training.plan import structure_normalization
+
+    net = _asym_net()
+    payload = {"config": {"patch_size": [8, 10, 12]}, "normalize": "percentile",
+               "normalize_by_structure": {"cfos_neuron": "local"}}
+    assert structure_normalization(payload, "cfos_neuron") == "local"
+    assert structure_normalization(payload, "microglia") == structure_normalization(payload, None) == "percentile"
+    rng = np.random.default_rng(1)
+    image = rng.gamma(2.0, 200.0, size=(16, 20, 24)).astype(np.float32)
+    settings = {"overlap": 0.25, "sw_batch_size": 2, "blend": "gaussian", "threshold": 0.5, "min_component_size": 0,
+                "mirror_axes": []}
+    for structure, norm in (("cfos_neuron", local_contrast), ("microglia", percentile_scale)):
+        want = probability(net, norm(image), (8, 10, 12), torch.device("cpu"), 0.25, 2, "gaussian", []) > 0.5
+        got = segment_case(net, payload, image, settings, structure=structure)
+        assert np.array_equal(got.astype(bool), want), structure
+    a = segment_case(net, payload, image, settings, structure="cfos_neuron")
+    b = segment_case(net, payload, image, settings, structure="microglia")
+    assert not np.array_equal(a, b)

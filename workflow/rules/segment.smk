@@ -21,7 +21,10 @@ rule segment_volume:
     benchmark:
         f"{RESULTS}/benchmarks/segment/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/{{volume}}.tsv"
     params:
-        settings={k: v for k, v in SEGMENT.items() if k not in ("volumes", "runs")},
+        settings={
+            k: v for k, v in SEGMENT.items() if k not in ("volumes", "runs", "structures")
+        },
+        structure=lambda wc: SEGMENT["structures"].get(wc.volume),
     resources:
         **gpu_resources("infer"),
     conda:

@@ -12,4 +12,4 @@ s = dict(snakemake.params.settings)  # the segment block, schema defaults filled
 predict_from_checkpoint(snakemake.input.model, snakemake.input.volume, snakemake.output.prediction,
                         block=s["block"], overlap=s["overlap"], batch=s["batch"], probability=s["probability"],
                         prob_dtype=s["prob_dtype"], threshold=s["threshold"], levels=s["levels"],
-                        precision=s["precision"])
+                        precision=s["precision"], structure=snakemake.params.structure)

@@ -53,6 +53,7 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
     from selma3d.inference.patches import probability
     from selma3d.inference.postprocess import select_per_structure
     from selma3d.training.finetune import load_model, normalize_image
+    from selma3d.training.plan import structure_normalization
 
     pp = settings["postprocess"]
     per = pp["per"]
@@ -70,7 +71,8 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
     probs, labels, ignores, groups = [], [], [], []
     for _, row in pairs.iterrows():
         data = np.asarray(io.read_volume(row["image"]).data, dtype=np.float32)
-        norm = normalize_image(data, payload["normalize"], payload.get("normalize_stats"))
+        norm = normalize_image(data, structure_normalization(payload, row.get("structure")),
+                               payload.get("normalize_stats"))
         probs.append(probability(net, norm, roi, device, float(settings["overlap"]), int(settings["sw_batch_size"]),
                                  settings["blend"], mirror))
         rule = label_rule(row, payload.get("ignore_label"), tuple(payload.get("background_values", (0,))))

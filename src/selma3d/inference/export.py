@@ -104,6 +104,8 @@ def config_hash(payload: dict, settings: dict) -> str:
     """SHA-256 of what, besides the weights, decides a prediction: network config, finetuning
     mode, normalisation, infer settings and per-structure post-processing."""
     key = {"network": payload.get("config"), "mode": payload.get("mode"), "normalize": payload.get("normalize"),
+           **({"normalize_by_structure": payload["normalize_by_structure"]}
+              if payload.get("normalize_by_structure") else {}),
            "inference": settings, "postprocess": payload.get("postprocess")}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -176,6 +176,7 @@ def segment_case(net, payload: dict, image: np.ndarray, settings: dict, structur
         InputError: the image is not 3D or holds NaN/inf.
     """
     from selma3d.training.finetune import normalize_image
+    from selma3d.training.plan import structure_normalization
 
     missing = [k for k in CASE_SETTINGS if k not in settings]
     if missing:
@@ -188,7 +189,7 @@ def segment_case(net, payload: dict, image: np.ndarray, settings: dict, structur
         raise io.InputError(source, "finite intensities", "NaN or inf values")
     device = next(net.parameters()).device
     roi = tuple(int(r) for r in payload["config"]["patch_size"])
-    norm = normalize_image(data, payload["normalize"], payload.get("normalize_stats"))
+    norm = normalize_image(data, structure_normalization(payload, structure), payload.get("normalize_stats"))
     prob = probability(net, norm, roi, device, float(s["overlap"]), int(s["sw_batch_size"]), s["blend"],
                        s.get("mirror_axes"))
     threshold, min_size = case_postprocess(payload, s, structure)

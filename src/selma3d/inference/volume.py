@@ -442,20 +442,27 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
 
 
 def predict_from_checkpoint(model: str | Path, source, output: str | Path, device: torch.device | None = None,
-                            **kwargs) -> Path:
+                            structure: str | None = None, **kwargs) -> Path:
     """Load a finetuned model (``finetune.py``'s ``model.pt``) and run :func:`predict_volume`
-    with its patch size and normalisation."""
+    with its patch size and normalisation (that of ``structure`` when the model normalised
+    structures differently, else its default)."""
     from selma3d.training.finetune import load_model
 
     device = device or pick_device()
     net, payload = load_model(model, device)
     roi = [int(s) for s in payload["config"]["patch_size"]]  # the network config load_model resolved
     roi = roi * 3 if len(roi) == 1 else roi
+    from selma3d.training.plan import structure_normalization
+
+    method = structure_normalization(payload, structure)
+    by = payload.get("normalize_by_structure") or {}
+    if len(set(by.values()) | {payload["normalize"]}) > 1:
+        log.info("model normalises per structure %s; %s uses %s", by, structure or "an unnamed structure", method)
     stats = payload.get("normalize_stats")
-    if stats and payload.get("normalize") == "zscore":  # a training plan's global foreground statistics
+    if stats and method == "zscore":  # a training plan's global foreground statistics
         kwargs.setdefault("normalization", Normalizer("zscore", float(stats["mean"]), float(stats["std"]) or 1.0,
                                                       (float(stats["p0_5"]), float(stats["p99_5"]))))
-    kwargs.setdefault("normalization", payload["normalize"])
+    kwargs.setdefault("normalization", method)
     attrs = {"model": str(model), "model_config": {k: v for k, v in payload["config"].items()
                                                   if isinstance(v, (int, float, str, list, bool))}}
     return predict_volume(net, source, output, roi, device=device, attributes=attrs, **kwargs)
@@ -482,6 +489,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    parser.add_argument("--structure", help="the structure the volume shows (e.g. cfos_neuron), for a model that "
+                                            "normalises structures differently (default: its default normalisation)")
     parser.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.5")
 
 
@@ -498,5 +507,5 @@ def run(args: argparse.Namespace) -> int:
                             block=args.block, batch=args.batch, probability=args.probability,
                             prob_dtype=args.prob_dtype, threshold=args.threshold, levels=args.levels,
                             blend=args.blend, spacing=args.spacing, precision=args.precision,
-                            ngff_version=args.ngff_version)
+                            ngff_version=args.ngff_version, structure=args.structure)
     return 0

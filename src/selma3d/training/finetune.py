@@ -217,17 +217,22 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     rec = R.resolve_recipe(settings, plan)
     legacy = rec["recipe"] == "legacy"
     norm, norm_stats = rec["normalize"], rec["normalize_stats"]
+    from selma3d.training.plan import structure_normalization
+
+    def case_norm(row) -> str:
+        return structure_normalization(rec, row.get("structure"))
+
     ignore_label = settings["ignore_label"]
     bg_values = tuple(settings["background_values"])
     split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    cases = [load_case(r, norm, ignore_label, bg_values, norm_stats) for _, r in split.iterrows()]
+    cases = [load_case(r, case_norm(r), ignore_label, bg_values, norm_stats) for _, r in split.iterrows()]
     table = read_manifest(manifest)
     val_pairs = annotated_pairs(table, "val")
     if val_pairs.empty:
         log.warning("no val split in %s: selecting the checkpoint on the training cases", manifest)
         val_cases = cases
     else:
-        val_cases = [load_case(r, norm, ignore_label, bg_values, norm_stats) for _, r in val_pairs.iterrows()]
+        val_cases = [load_case(r, case_norm(r), ignore_label, bg_values, norm_stats) for _, r in val_pairs.iterrows()]
 
     cfg = scratch_model_config(model_cfg, scratch_net)
     loaded = 0
@@ -263,7 +268,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 
     log.info("finetuning %s mode on %d cases (%s), val %d cases, %d steps, device %s, recipe %s (%s lr %g%s)",
              mode, len(cases), ", ".join(sorted({c.structure for c in cases})), len(val_cases), steps, device,
-             rec["recipe"], rec["optimizer"], rec["lr"], "" if legacy else f", normalisation {norm}")
+             rec["recipe"], rec["optimizer"], rec["lr"],
+             "" if legacy else f", normalisation {rec['normalize_by_structure'] or norm}")
     rows, best = [], {"dice": -1.0, "step": -1, "state": None}
     t0 = time.perf_counter()
     for step in range(steps):
@@ -306,6 +312,7 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     summary = {"best_val_dice": best["dice"], "best_step": best["step"], "pretrained_tensors": loaded}
     with atomic_path(model_out) as tmp:
         torch.save({"config": cfg, "state_dict": best["state"], "mode": mode, "normalize": norm,
+                    "normalize_by_structure": rec["normalize_by_structure"],
                     "normalize_stats": norm_stats, "recipe": rec["recipe"], "ignore_label": ignore_label,
                     "background_values": bg_values, **summary}, tmp)
     with atomic_path(curve_out) as tmp:

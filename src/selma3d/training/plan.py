@@ -69,6 +69,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "foreground_oversample": 0.33,  # float, or {structure: float}
     "normalization": "auto",  # auto, percentile, zscore or local
     "variation_threshold": 2.0,
+    "local_contrast": True,  # auto: local contrast for structures of small objects (see _structure_normalization)
     "max_pool": 5,
     "min_feature_map": 4,
     "base_filters": 32,
@@ -127,7 +128,11 @@ def _case_stats(row: dict, index: int, ignore_label, background_values, samples_
     sp_text = row.get("spacing_um", "")
     spacing = (parse_spacing(sp_text, str(row["image"])) if sp_text is not None and str(sp_text).strip()
                and not (isinstance(sp_text, float) and math.isnan(sp_text)) else tuple(img.spacing))
-    fg, ignore = binarize_label(lab.data, ignore_label, background_values)
+    from selma3d.data.manifest import label_rule
+
+    # the row's own label rule (manifest columns ignore_label, background_values, annotated_z) wins,
+    # as in finetuning: a partially annotated volume is fingerprinted on its annotated voxels only
+    fg, ignore = binarize_label(lab.data, *label_rule(row, ignore_label, background_values))
     fg = fg.astype(bool)
     annotated = data.size - (0 if ignore is None else int(ignore.sum()))
     flat = data.ravel()
@@ -139,9 +144,13 @@ def _case_stats(row: dict, index: int, ignore_label, background_values, samples_
     p_fg = _pct(vals, (0.5, 50, 99.5))
     n_comp = 0
     sizes = np.zeros(0, dtype=np.int64)
+    extents = np.zeros((0, 3), dtype=np.int64)
     if fg.any():
         labels, n_comp = cc3d.connected_components(fg.astype(np.uint8), connectivity=26, return_N=True)
         sizes = np.bincount(labels.ravel())[1:]
+        boxes = cc3d.statistics(labels)["bounding_boxes"][1:]
+        extents = np.array([[sl.stop - sl.start for sl in box] for box in boxes if box is not None],
+                           dtype=np.int64).reshape(-1, 3)
     stats = {
         "case": str(row.get("case", Path(str(row["image"])).name)),
         "structure": str(row.get("structure", "foreground")),
@@ -157,6 +166,7 @@ def _case_stats(row: dict, index: int, ignore_label, background_values, samples_
         "n_components": int(n_comp),
         "component_sizes": _size_summary(sizes),
         "_sizes": sizes,
+        "_extents": extents,
     }
     return stats, sample.astype(np.float32)
 
@@ -212,6 +222,7 @@ def fingerprint(pairs, ignore_label: int | None = None, background_values: tuple
     for s in sorted({c["structure"] for c in cases}):
         sub = [c for c in cases if c["structure"] == s]
         sizes = np.concatenate([c["_sizes"] for c in sub]) if sub else np.zeros(0)
+        extents = np.concatenate([c["_extents"] for c in sub]) if sub else np.zeros((0, 3))
         structures[s] = {
             "n_cases": len(sub),
             "fg_fraction_mean": float(np.mean([c["fg_fraction"] for c in sub])),
@@ -219,9 +230,12 @@ def fingerprint(pairs, ignore_label: int | None = None, background_values: tuple
             "fg_fraction_max": float(np.max([c["fg_fraction"] for c in sub])),
             "components_per_case": float(np.mean([c["n_components"] for c in sub])),
             "component_sizes": _size_summary(sizes.astype(np.int64)),
+            # per axis, the 95th percentile of the components' bounding-box sides (voxels)
+            "component_extent_p95": ([float(v) for v in np.percentile(extents, 95, axis=0)] if len(extents)
+                                     else None),
         }
     for c in cases:
-        del c["_sizes"]
+        del c["_sizes"], c["_extents"]
     return _jsonable({
         "version": PLAN_VERSION,
         "n_cases": len(cases),
@@ -320,6 +334,9 @@ def make_plan(fp: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
     else:
         raise InputError(None, "normalization auto, percentile, zscore or local", repr(norm))
     structures = sorted(fp["structures"])
+    by_structure, why = _structure_normalization(fp, structures, norm, o)
+    if why:
+        reason += "; " + why
     fo = o["foreground_oversample"]
     fg_over = {s: float(fo.get(s, PLAN_DEFAULTS["foreground_oversample"]) if isinstance(fo, dict) else fo)
                for s in structures}
@@ -331,6 +348,7 @@ def make_plan(fp: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
         "batch_size": bs,
         "network": network,
         "normalization": norm,
+        "normalization_by_structure": by_structure,
         "normalization_reason": reason,
         "intensity": fp.get("intensity"),
         "percentile_variation": variation,
@@ -338,6 +356,34 @@ def make_plan(fp: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
         "structures": structures,
         "settings": {k: v for k, v in o.items()},
     })
+
+
+def _structure_normalization(fp: dict, structures: list[str], norm: str, o: dict) -> tuple[dict, str]:
+    """Per structure: ``local`` where ``auto`` chose per-case ``percentile`` scaling (intensities
+    not comparable between cases) and the structure's objects fit inside the local-contrast
+    window (the 95th percentile of their bounding-box sides, per axis, at most the window's:
+    the opening then removes them and estimates the background around them); else ``norm``."""
+    if o["normalization"] != "auto" or norm != "percentile" or not o["local_contrast"]:
+        return {s: norm for s in structures}, ""
+    from selma3d.preprocess.normalize import LOCAL_WINDOW
+
+    out, small = {}, []
+    for s in structures:
+        ext = fp["structures"][s].get("component_extent_p95")
+        fits = ext is not None and all(e <= w for e, w in zip(ext, LOCAL_WINDOW))
+        out[s] = "local" if fits else norm
+        if fits:
+            small.append(s)
+    why = (f"local contrast for {', '.join(small)} (objects within the {'x'.join(map(str, LOCAL_WINDOW))} "
+           "background window)") if small else ""
+    return out, why
+
+
+def structure_normalization(settings: dict, structure: str | None) -> str:
+    """The normalisation of a case of ``structure`` under a model's or recipe's settings:
+    ``normalize_by_structure[structure]`` when given, else ``normalize`` (unseen structures)."""
+    by = settings.get("normalize_by_structure") or {}
+    return by.get(structure, settings["normalize"]) if structure is not None else settings["normalize"]
 
 
 def apply_normalization(image: np.ndarray, plan: dict[str, Any]) -> np.ndarray:

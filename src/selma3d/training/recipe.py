@@ -99,7 +99,9 @@ def resolve_recipe(settings: dict[str, Any], plan: dict[str, Any] | str | Path |
     """Everything the training loop needs from the ``finetune`` block and the plan.
 
     Returns ``recipe``, the :func:`optimizer_settings`, ``warmup_steps``, ``grad_clip`` (None for
-    legacy), ``deep_supervision``, ``augmentation``, ``normalize`` (a method name),
+    legacy), ``deep_supervision``, ``augmentation``, ``normalize`` (a method name; the one for
+    structures ``normalize_by_structure`` does not name, e.g. unseen ones),
+    ``normalize_by_structure`` (the plan's per-structure methods, else empty),
     ``normalize_stats`` (the plan's global foreground statistics for its ``zscore``, else None),
     ``foreground_oversample`` (legacy: one float; nnunet: ``{structure: share}`` plus
     ``"*"`` for the rest), ``batch_size`` and ``plan`` (the plan dict applied, or None).
@@ -107,7 +109,8 @@ def resolve_recipe(settings: dict[str, Any], plan: dict[str, Any] | str | Path |
     _need(settings, "recipe", "normalize", "foreground_oversample", "batch_size")
     recipe = settings["recipe"]
     out = {"recipe": recipe, **optimizer_settings(settings), "normalize": settings["normalize"],
-           "normalize_stats": None, "batch_size": int(settings["batch_size"]), "plan": None}
+           "normalize_by_structure": {}, "normalize_stats": None, "batch_size": int(settings["batch_size"]),
+           "plan": None}
     if recipe == "legacy":
         if plan is not None:
             log.info("finetune.recipe legacy: the training plan is not used")
@@ -123,6 +126,7 @@ def resolve_recipe(settings: dict[str, Any], plan: dict[str, Any] | str | Path |
             plan = read_plan(plan)
         out["plan"] = plan
         out["normalize"] = plan["normalization"]
+        out["normalize_by_structure"] = dict(plan.get("normalization_by_structure") or {})
         if plan["normalization"] == "zscore" and plan.get("intensity"):
             out["normalize_stats"] = dict(plan["intensity"])
         fg.update({str(k): float(v) for k, v in (plan.get("foreground_oversample") or {}).items()})
