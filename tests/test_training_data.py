@@ -148,3 +148,28 @@ def test_a_checkpoint_from_other_settings_is_not_resumed(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt", new, model=fresh) == 0
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     assert load_checkpoint(tmp_path / "last.pt", old, model=fresh) == 41
+
+
+def test_pretraining_samples_follow_the_plan_normalisation_per_structure(tmp_path):
+    """pretrain.normalize plan: each patch normalised as the plan normalises its structure
+    (local contrast for c-Fos, the default for any other), the same crop as a plain method."""
+    import zarr
+
+    from selma3d.preprocess.normalize import local_contrast
+    from selma3d.training.plan import plan_normalization
+    from selma3d.training.sampling import PatchSampleDataset, sample_tensor
+
+    rng = np.random.default_rng(0)
+    patches = rng.gamma(2.0, 300.0, size=(2, 16, 16, 16)).astype(np.uint16)
+    store = str(tmp_path / "p.zarr")
+    arr = zarr.open_array(store, mode="w", shape=patches.shape, dtype=patches.dtype, chunks=(1, 16, 16, 16))
+    arr[:] = patches
+    index = pd.DataFrame({"store": [store, store], "patch": [0, 1], "structure": ["cfos_neuron", "microglia"]})
+    mapping = plan_normalization({"normalization": "percentile", "normalization_by_structure": {"cfos_neuron": "local"}})
+    assert mapping == {"*": "percentile", "cfos_neuron": "local"}
+    ds = PatchSampleDataset(index, (16, 16, 16), mapping)
+    x0, meta0 = ds[(0, 5)]
+    x1, _ = ds[(1, 5)]
+    assert meta0["structure"] == "cfos_neuron"
+    np.testing.assert_array_equal(x0[0].numpy(), local_contrast(patches[0]))
+    assert torch.equal(x1, sample_tensor(patches[1], (16, 16, 16), "percentile", 5))

@@ -24,6 +24,7 @@ rule pretrain:
     input:
         indexes=pretrain_input_indexes,
         stores=patch_stores,
+        plan=PLAN if config["pretrain"]["normalize"] == "plan" else [],
     output:
         weights=f"{RESULTS}/pretrain/{{strategy}}{{pdata}}/encoder.pt",
         curve=f"{RESULTS}/pretrain/{{strategy}}{{pdata}}/loss.csv",

@@ -14,6 +14,11 @@ configure_threads()
 config = resolve_strategy_config(snakemake.wildcards.strategy, p.model, p.strategy_config)
 # a strategy block wins over pretrain.batch_size, which wins over the team default
 batch_size = p.strategy_config.get("batch_size") or p.batch_size or config["batch_size"]
+normalization = p.normalize
+if normalization == "plan":  # each structure as finetuning normalises it (the training plan)
+    from selma3d.training.plan import plan_normalization, read_plan
+
+    normalization = plan_normalization(read_plan(snakemake.input.plan))
 pretrain(snakemake.wildcards.strategy, config, list(snakemake.input.indexes), snakemake.output.weights,
          snakemake.output.curve, steps=p.steps, batch_size=batch_size, seed=p.seed,
          num_workers=p.num_workers, log_every=p.log_every, checkpoint_dir=p.checkpoint_dir,

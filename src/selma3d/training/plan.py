@@ -386,6 +386,11 @@ def structure_normalization(settings: dict, structure: str | None) -> str:
     return by.get(structure, settings["normalize"]) if structure is not None else settings["normalize"]
 
 
+def plan_normalization(plan: dict[str, Any]) -> dict[str, str]:
+    """A plan's normalisation as ``{structure: method, "*": the default}`` (``pretrain.normalize: plan``)."""
+    return {"*": plan["normalization"], **dict(plan.get("normalization_by_structure") or {})}
+
+
 def apply_normalization(image: np.ndarray, plan: dict[str, Any]) -> np.ndarray:
     """Normalise a raw image as the plan says: ``percentile`` per case, ``zscore`` with the
     plan's global foreground statistics (clip to p0.5..p99.5, z-score)."""

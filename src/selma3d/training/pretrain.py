@@ -50,7 +50,7 @@ def pretrain(strategy: str, config: dict[str, Any], patch_indexes: list[str | Pa
              channels_last: bool = schema_default("pretrain.channels_last"),
              compile: bool = schema_default("pretrain.compile"),
              pin_memory: bool | None = schema_default("pretrain.pin_memory"),
-             normalization: str = schema_default("pretrain.normalize"),
+             normalization: str | dict[str, str] = schema_default("pretrain.normalize"),
              find_unused_parameters: bool = True, ddp_log_dir: str | Path | None = None) -> Path:
     """Pretrain one strategy on patchify's output and export its encoder weights.
 

@@ -74,9 +74,13 @@ def sample_tensor(patch: np.ndarray, size: tuple[int, int, int], normalization: 
 
 
 class PatchSampleDataset(Dataset):
-    """Items are (row, seed) pairs -> a normalised (1, D, H, W) crop plus metadata."""
+    """Items are (row, seed) pairs -> a normalised (1, D, H, W) crop plus metadata.
 
-    def __init__(self, index: pd.DataFrame, crop_size: tuple[int, int, int], normalization: str = "percentile"):
+    ``normalization``: one method, or ``{structure: method, "*": default}`` (the training plan's,
+    :func:`selma3d.training.plan.plan_normalization`) chosen by each row's ``structure``."""
+
+    def __init__(self, index: pd.DataFrame, crop_size: tuple[int, int, int],
+                 normalization: str | dict[str, str] = "percentile"):
         self.index = index.reset_index(drop=True)
         self.crop_size = tuple(int(s) for s in crop_size)
         self.normalization = normalization
@@ -96,7 +100,10 @@ class PatchSampleDataset(Dataset):
         row_id, seed = item
         row = self.index.iloc[row_id]
         patch = np.asarray(self._array(row["store"])[int(row["patch"])])
-        x = sample_tensor(patch, self.crop_size, self.normalization, seed)
+        norm = self.normalization
+        if isinstance(norm, dict):
+            norm = norm.get(str(row.get("structure", "")), norm["*"])
+        x = sample_tensor(patch, self.crop_size, norm, seed)
         meta = {k: str(row[k]) for k in ("volume", "structure", "category", "spacing_um") if k in row}
         if "caption" in row:  # free-text caption of the patch's source file (may be empty)
             meta["caption"] = row["caption"] if isinstance(row["caption"], str) else ""
