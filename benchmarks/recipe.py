@@ -89,6 +89,8 @@ def run(variant: str, seeds: list[int], args, workdir: Path) -> tuple[pd.DataFra
     cfg.write_text(yaml.safe_dump(override))
     cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
            str(REPO / args.configfile), str(cfg)]
+    if args.keep:  # a complete kept run is reused: only missing or older outputs rerun
+        cmd += ["--rerun-triggers", "mtime"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"{variant} seeds {seeds} failed:\n{res.stderr[-4000:]}")
@@ -114,7 +116,9 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", default=["all"], help="label budgets (per structure) to train at")
     ap.add_argument("--name", default="recipe", help="results file stem: benchmarks/results/<name>_<date>.*")
     ap.add_argument("--cores", type=int, default=2)
-    ap.add_argument("--keep", type=Path, help="keep the runs' results here (default: a temporary folder)")
+    ap.add_argument("--keep", type=Path, help="keep the runs' results here (default: a temporary folder); runs "
+                                              "already complete there are reused (Snakemake's mtime rerun trigger "
+                                              "only), so variants can be added to an earlier invocation")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="selma3d_recipe_") as tmp:
         workdir = args.keep or Path(tmp)
