@@ -95,6 +95,22 @@ def test_lr_and_weight_decay_resolve_per_optimizer():
     assert explicit == {"optimizer": "adamw", "lr": 0.003, "weight_decay": 0.0}
 
 
+def test_normalisation_follows_the_plan_per_structure_in_either_recipe():
+    from selma3d.core.errors import InputError
+    from selma3d.training.recipe import resolve_recipe
+
+    plan = {"normalization": "percentile", "normalization_by_structure": {"cfos_neuron": "local"},
+            "foreground_oversample": {}, "intensity": None}
+    nn = resolve_recipe(finetune_settings(), plan)
+    assert nn["normalize"] == "percentile" and nn["normalize_by_structure"] == {"cfos_neuron": "local"}
+    legacy = resolve_recipe(finetune_settings(recipe="legacy"), plan)  # legacy ignores the plan ...
+    assert legacy["normalize"] == "percentile" and legacy["normalize_by_structure"] == {}
+    legacy = resolve_recipe(finetune_settings(recipe="legacy", normalize="plan"), plan)  # ... unless asked
+    assert legacy["normalize_by_structure"] == {"cfos_neuron": "local"} and legacy["augmentation"] is None
+    with pytest.raises(InputError, match="training plan"):
+        resolve_recipe(finetune_settings(recipe="legacy", normalize="plan"), None)
+
+
 def test_poly_schedule_with_warmup():
     from selma3d.training.recipe import lr_factor
 

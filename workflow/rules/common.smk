@@ -140,12 +140,13 @@ PLAN = f"{RESULTS}/plan/plan.json"
 
 
 def finetune_plan(wildcards):
-    """The training plan a finetuning run reads: nnunet recipe with plan.enabled, network strategies."""
-    if (
-        wildcards.strategy == runplan.THRESHOLD
-        or config["finetune"]["recipe"] != "nnunet"
-        or not config["plan"]["enabled"]
-    ):
+    """The training plan a finetuning run reads: nnunet recipe with plan.enabled, or
+    finetune.normalize plan (any recipe); network strategies only."""
+    if wildcards.strategy == runplan.THRESHOLD:
+        return []
+    if config["finetune"]["normalize"] == "plan":
+        return PLAN
+    if config["finetune"]["recipe"] != "nnunet" or not config["plan"]["enabled"]:
         return []
     return PLAN
 

@@ -108,11 +108,20 @@ def resolve_recipe(settings: dict[str, Any], plan: dict[str, Any] | str | Path |
     """
     _need(settings, "recipe", "normalize", "foreground_oversample", "batch_size")
     recipe = settings["recipe"]
+    if settings["normalize"] == "plan" and plan is None:
+        raise InputError(None, "a training plan for finetune.normalize plan (the plan rule's plan.json)", "none")
+    if plan is not None and not isinstance(plan, dict):
+        from selma3d.training.plan import read_plan
+
+        plan = read_plan(plan)
     out = {"recipe": recipe, **optimizer_settings(settings), "normalize": settings["normalize"],
            "normalize_by_structure": {}, "normalize_stats": None, "batch_size": int(settings["batch_size"]),
            "plan": None}
     if recipe == "legacy":
-        if plan is not None:
+        if settings["normalize"] == "plan":  # the plan's normalisation only: legacy uses nothing else of it
+            out["normalize"] = plan["normalization"]
+            out["normalize_by_structure"] = dict(plan.get("normalization_by_structure") or {})
+        elif plan is not None:
             log.info("finetune.recipe legacy: the training plan is not used")
         out.update(warmup_steps=0, grad_clip=None, deep_supervision=None, augmentation=None,
                    foreground_oversample=float(settings["foreground_oversample"]))
@@ -120,10 +129,6 @@ def resolve_recipe(settings: dict[str, Any], plan: dict[str, Any] | str | Path |
     _need(settings, "warmup_steps", "grad_clip", "deep_supervision", "augmentation")
     fg = {"*": float(settings["foreground_oversample"])}
     if plan is not None:
-        if not isinstance(plan, dict):
-            from selma3d.training.plan import read_plan
-
-            plan = read_plan(plan)
         out["plan"] = plan
         out["normalize"] = plan["normalization"]
         out["normalize_by_structure"] = dict(plan.get("normalization_by_structure") or {})
