@@ -90,7 +90,7 @@ def run(variant: str, seeds: list[int], args, workdir: Path) -> tuple[pd.DataFra
     cmd = [sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", str(args.cores), "--configfile",
            str(REPO / args.configfile), str(cfg)]
     if args.keep:  # a complete kept run is reused: only missing or older outputs rerun
-        cmd += ["--rerun-triggers", "mtime"]
+        cmd += ["--rerun-triggers", "mtime", "--rerun-incomplete"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"{variant} seeds {seeds} failed:\n{res.stderr[-4000:]}")
