@@ -532,3 +532,19 @@ def test_segment_case_normalises_each_structure_as_the_model_was_trained():
     a = segment_case(net, payload, image, settings, structure="cfos_neuron")
     b = segment_case(net, payload, image, settings, structure="microglia")
     assert not np.array_equal(a, b)
+
+
+def test_real_cfos_cells_change_voxel_shape_between_brains(real_data):
+    """The specimen shift p_scale_per_axis simulates: the median bounding box (z, y, x) of the
+    annotated cells is 3 x 5 x 5 voxels in brain 695 and 4 x 3 x 4 in brain 753."""
+    import cc3d
+
+    medians = {}
+    for brain in ("695", "753"):
+        boxes = []
+        for label in sorted((real_data / f"cfos_brain{brain}" / "gt").glob("*.nii.gz")):
+            fg = (io.read_volume(label).data > 0).astype(np.uint8)
+            stats = cc3d.statistics(cc3d.connected_components(fg))
+            boxes += [[s.stop - s.start for s in b] for b in stats["bounding_boxes"][1:] if b is not None]
+        medians[brain] = np.median(np.array(boxes), axis=0).tolist()
+    assert medians == {"695": [3.0, 5.0, 5.0], "753": [4.0, 3.0, 4.0]}
