@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from selma3d.augment.pipeline import resolve_config
+from selma3d.augment.pipeline import draw_rotate_scale, intensity_transforms, resolve_config
 from selma3d.core.errors import InputError
 
 
@@ -46,17 +46,9 @@ def _rotate_scale_transform(c: dict[str, Any], dtype=torch.float32):
             self.do_rot = self.do_scale = False
             self.angles, self.scale = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
 
-        def randomize(self, data=None) -> None:
-            # always draw every value so the stream advances the same way whatever is applied
-            self.do_rot = self.R.rand() < self.p_rot
-            self.do_scale = self.R.rand() < self.p_scale
-            self.angles = [float(self.R.uniform(-a, a)) for a in self.max_angles]
-            self.scale = [float(self.R.uniform(*self.scale_range))] * 3
-            if self.p_per_axis > 0:  # extra draws only when enabled: streams without it are unchanged
-                per_axis = self.R.rand() < self.p_per_axis
-                others = [float(self.R.uniform(*self.scale_range)) for _ in range(2)]
-                if per_axis:
-                    self.scale = [self.scale[0], *others]
+        def randomize(self, data=None) -> None:  # the library's draws: the same random stream
+            self.do_rot, self.do_scale, self.angles, self.scale = draw_rotate_scale(
+                self.R, self.p_rot, self.p_scale, self.max_angles, self.scale_range, self.p_per_axis)
 
         def __call__(self, data):
             self.randomize()
@@ -76,30 +68,13 @@ def _rotate_scale_transform(c: dict[str, Any], dtype=torch.float32):
 def _compose(c: dict[str, Any], affine_dtype=torch.float32):
     import monai.transforms as T
 
-    img = ["image"]
     ts: list = [_rotate_scale_transform(c, affine_dtype)]
     if float(c["p_elastic"]) > 0:
         ts.append(T.Rand3DElasticd(["image", "label"], sigma_range=tuple(c["elastic_sigma"]),
                                    magnitude_range=tuple(c["elastic_magnitude"]), prob=float(c["p_elastic"]),
                                    mode=("bilinear", "nearest"), padding_mode=(c["image_padding"], "zeros"),
                                    allow_missing_keys=True))
-    sig = tuple(float(s) for s in c["blur_sigma"])
-    b0, b1 = (float(v) for v in c["brightness_range"])
-    c0, c1 = (float(v) for v in c["contrast_range"])
-    gamma = tuple(float(g) for g in c["gamma_range"])
-    ts += [
-        T.RandGaussianNoised(img, prob=float(c["p_noise"]), mean=0.0,
-                             std=math.sqrt(float(max(c["noise_variance"]))), sample_std=True),
-        T.RandGaussianSmoothd(img, sigma_x=sig, sigma_y=sig, sigma_z=sig, prob=float(c["p_blur"])),
-        T.RandScaleIntensityd(img, factors=(b0 - 1.0, b1 - 1.0), prob=float(c["p_brightness"])),
-        T.RandScaleIntensityFixedMeand(img, factors=(c0 - 1.0, c1 - 1.0), fixed_mean=True, preserve_range=True,
-                                       prob=float(c["p_contrast"])),
-        T.RandSimulateLowResolutiond(img, prob=float(c["p_lowres"]), downsample_mode="nearest",
-                                     upsample_mode="trilinear", zoom_range=tuple(c["lowres_zoom"])),
-        T.RandAdjustContrastd(img, prob=float(c["p_gamma_inverted"]), gamma=gamma, invert_image=True,
-                              retain_stats=True),
-        T.RandAdjustContrastd(img, prob=float(c["p_gamma"]), gamma=gamma, invert_image=False, retain_stats=True),
-    ]
+    ts += intensity_transforms(c)  # the library's list (the same MONAI transforms as before)
     for axis in c["mirror_axes"]:
         ts.append(T.RandFlipd(["image", "label"], prob=float(c["p_mirror"]), spatial_axis=int(axis),
                               allow_missing_keys=True))

@@ -251,6 +251,50 @@ class _Labels:
         self.valid = None if self.valid is None else f(self.valid)
 
 
+def intensity_transforms(c: dict[str, Any]) -> list:
+    """The MONAI intensity transforms of a resolved config, in nnU-Net's order (steps 3-8 of the
+    module docstring), acting on the key ``image``."""
+    import monai.transforms as T
+
+    img = ["image"]
+    sig = tuple(float(s) for s in c["blur_sigma"])
+    b0, b1 = (float(v) for v in c["brightness_range"])
+    c0, c1 = (float(v) for v in c["contrast_range"])
+    gamma = tuple(float(g) for g in c["gamma_range"])
+    return [
+        T.RandGaussianNoised(img, prob=float(c["p_noise"]), mean=0.0,
+                             std=math.sqrt(float(max(c["noise_variance"]))), sample_std=True),
+        T.RandGaussianSmoothd(img, sigma_x=sig, sigma_y=sig, sigma_z=sig, prob=float(c["p_blur"])),
+        T.RandScaleIntensityd(img, factors=(b0 - 1.0, b1 - 1.0), prob=float(c["p_brightness"])),
+        T.RandScaleIntensityFixedMeand(img, factors=(c0 - 1.0, c1 - 1.0), fixed_mean=True, preserve_range=True,
+                                       prob=float(c["p_contrast"])),
+        T.RandSimulateLowResolutiond(img, prob=float(c["p_lowres"]), downsample_mode="nearest",
+                                     upsample_mode="trilinear", zoom_range=tuple(c["lowres_zoom"])),
+        T.RandAdjustContrastd(img, prob=float(c["p_gamma_inverted"]), gamma=gamma, invert_image=True,
+                              retain_stats=True),
+        T.RandAdjustContrastd(img, prob=float(c["p_gamma"]), gamma=gamma, invert_image=False, retain_stats=True),
+    ]
+
+
+def draw_rotate_scale(R: np.random.RandomState, p_rot: float, p_scale: float, max_angles, scale_range,
+                      p_per_axis: float) -> tuple[bool, bool, list[float], list[float]]:
+    """(rotate?, scale?, angles, per-axis scale factors) of one crop, drawn from ``R``.
+
+    Every value is drawn whether applied or not, so the stream advances the same way whatever
+    is applied; the per-axis factors are drawn only when ``p_per_axis`` > 0, so streams without
+    the option are those of nnU-Net's synchronised scaling."""
+    do_rot = R.rand() < p_rot
+    do_scale = R.rand() < p_scale
+    angles = [float(R.uniform(-a, a)) for a in max_angles]
+    scale = [float(R.uniform(*scale_range))] * 3
+    if p_per_axis > 0:
+        per_axis = R.rand() < p_per_axis
+        others = [float(R.uniform(*scale_range)) for _ in range(2)]
+        if per_axis:
+            scale = [scale[0], *others]
+    return do_rot, do_scale, angles, scale
+
+
 def _rotate_scale_transform(c: dict[str, Any]):
     """Rotation (p_rotation) and scaling (p_scaling), one grid for image (linear) and label
     (nearest), float32 ``torch.nn.functional.grid_sample`` (MONAI's default float64 is about twice
@@ -272,16 +316,8 @@ def _rotate_scale_transform(c: dict[str, Any]):
             self.grid = _Grid()
 
         def randomize(self, data=None) -> None:
-            # always draw every value so the stream advances the same way whatever is applied
-            self.do_rot = self.R.rand() < self.p_rot
-            self.do_scale = self.R.rand() < self.p_scale
-            self.angles = [float(self.R.uniform(-a, a)) for a in self.max_angles]
-            self.scale = [float(self.R.uniform(*self.scale_range))] * 3
-            if self.p_per_axis > 0:  # extra draws only when enabled: streams without it are unchanged
-                per_axis = self.R.rand() < self.p_per_axis
-                others = [float(self.R.uniform(*self.scale_range)) for _ in range(2)]
-                if per_axis:
-                    self.scale = [self.scale[0], *others]
+            self.do_rot, self.do_scale, self.angles, self.scale = draw_rotate_scale(
+                self.R, self.p_rot, self.p_scale, self.max_angles, self.scale_range, self.p_per_axis)
 
         def __call__(self, img: torch.Tensor, labels: _Labels) -> torch.Tensor:
             self.randomize()
@@ -326,30 +362,13 @@ def _compose(c: dict[str, Any]):
     the same transforms draws one per random transform, in order: the seeds are the same)."""
     import monai.transforms as T
 
-    img = ["image"]
     steps: list = [("rotate_scale", _rotate_scale_transform(c))]
     if float(c["p_elastic"]) > 0:
         steps.append(("elastic", T.Rand3DElasticd(
             ["image", "label"], sigma_range=tuple(c["elastic_sigma"]), magnitude_range=tuple(c["elastic_magnitude"]),
             prob=float(c["p_elastic"]), mode=("bilinear", "nearest"), padding_mode=(c["image_padding"], "zeros"),
             allow_missing_keys=True)))
-    sig = tuple(float(s) for s in c["blur_sigma"])
-    b0, b1 = (float(v) for v in c["brightness_range"])
-    c0, c1 = (float(v) for v in c["contrast_range"])
-    gamma = tuple(float(g) for g in c["gamma_range"])
-    steps += [("intensity", t) for t in (
-        T.RandGaussianNoised(img, prob=float(c["p_noise"]), mean=0.0,
-                             std=math.sqrt(float(max(c["noise_variance"]))), sample_std=True),
-        T.RandGaussianSmoothd(img, sigma_x=sig, sigma_y=sig, sigma_z=sig, prob=float(c["p_blur"])),
-        T.RandScaleIntensityd(img, factors=(b0 - 1.0, b1 - 1.0), prob=float(c["p_brightness"])),
-        T.RandScaleIntensityFixedMeand(img, factors=(c0 - 1.0, c1 - 1.0), fixed_mean=True, preserve_range=True,
-                                       prob=float(c["p_contrast"])),
-        T.RandSimulateLowResolutiond(img, prob=float(c["p_lowres"]), downsample_mode="nearest",
-                                     upsample_mode="trilinear", zoom_range=tuple(c["lowres_zoom"])),
-        T.RandAdjustContrastd(img, prob=float(c["p_gamma_inverted"]), gamma=gamma, invert_image=True,
-                              retain_stats=True),
-        T.RandAdjustContrastd(img, prob=float(c["p_gamma"]), gamma=gamma, invert_image=False, retain_stats=True),
-    )]
+    steps += [("intensity", t) for t in intensity_transforms(c)]
     steps.append(("mirror", _Mirror(c["mirror_axes"], float(c["p_mirror"]))))
     return steps
 
