@@ -430,9 +430,10 @@ def test_plan_on_real_cfos_brain(real_data):
     assert plan["normalization"] == "percentile"  # background levels differ several-fold between patches
     # c-Fos cells (95th percentile bounding box 5 x 8 x 10 voxels) fit the local-contrast window
     assert all(e <= w for e, w in zip(s["component_extent_p95"], (5, 15, 15)))
-    assert plan["normalization_by_structure"] == {"cfos_neuron": "local"}
-    assert "local contrast for cfos_neuron" in plan["normalization_reason"]
-    assert P.make_plan(fp, {"local_contrast": False})["normalization_by_structure"] == {"cfos_neuron": "percentile"}
+    assert plan["normalization_by_structure"] == {"cfos_neuron": "percentile"}  # local_contrast off by default
+    local = P.make_plan(fp, {"local_contrast": True})
+    assert local["normalization_by_structure"] == {"cfos_neuron": "local"}
+    assert "local contrast for cfos_neuron" in local["normalization_reason"]
     assert P.make_plan(fp, {"normalization": "zscore"})["normalization_by_structure"] == {"cfos_neuron": "zscore"}
 
 

@@ -69,7 +69,7 @@ PLAN_DEFAULTS: dict[str, Any] = {
     "foreground_oversample": 0.33,  # float, or {structure: float}
     "normalization": "auto",  # auto, percentile, zscore or local
     "variation_threshold": 2.0,
-    "local_contrast": True,  # auto: local contrast for structures of small objects (see _structure_normalization)
+    "local_contrast": False,  # auto: local contrast for structures of small objects (see _structure_normalization)
     "max_pool": 5,
     "min_feature_map": 4,
     "base_filters": 32,
