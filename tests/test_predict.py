@@ -201,7 +201,7 @@ def test_window_streams_split_a_batch_and_give_each_window_its_own_result():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("shape,block", [((30, 34, 41), 8), ((11, 40, 33), 12)])
+@pytest.mark.parametrize("shape,block", [((30, 34, 41), 8), ((11, 40, 33), 12), ((4, 18, 40), 8)])
 def test_local_normalisation_blockwise_equals_the_whole_volume(tmp_path, shape, block):
     """A local normaliser reads a halo around each region: the block-wise input equals
     local_contrast of the whole volume cut to the region, and so the prediction equals MONAI's on it."""

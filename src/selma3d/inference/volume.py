@@ -127,22 +127,6 @@ class Normalizer:
         return ((x - np.float32(self.a)) / np.float32(self.b)).astype(np.float32)
 
 
-def mirror_pad(x: np.ndarray, pad) -> np.ndarray:
-    """``x`` padded per axis by ``(before, after)`` with its mirror image about the edge voxel
-    (scipy's ``mirror`` mode, numpy's ``reflect``), repeated for pads longer than the axis."""
-    for axis, (before, after) in enumerate(pad):
-        while before > 0 or after > 0:
-            n = x.shape[axis] - 1
-            b, a = min(before, n), min(after, n)
-            if n == 0:  # a single plane mirrors onto itself
-                b, a = before, after
-                x = np.pad(x, [(b, a) if i == axis else (0, 0) for i in range(x.ndim)], mode="edge")
-            else:
-                x = np.pad(x, [(b, a) if i == axis else (0, 0) for i in range(x.ndim)], mode="reflect")
-            before, after = before - b, after - a
-    return x
-
-
 def sample_intensities(reader: VolumeReader, max_voxels: int = 2**24) -> np.ndarray:
     """All voxels of a small volume; else a regular subsample of evenly spaced planes.
 
@@ -267,7 +251,8 @@ class BlockPredictor:
         wide = [(max(0, o0 - h), min(n, o1 + h)) for (o0, o1), h, n in zip(src, halo, self.grid.shape)]
         data = reader.read_block(wide[0][0], wide[0][1], wide[1][0], wide[1][1], wide[2][0], wide[2][1])
         pad = [(h - (o0 - w0), h - (w1 - o1)) for (o0, o1), (w0, w1), h in zip(src, wide, halo)]
-        data = mirror_pad(np.asarray(data, dtype=np.float32), pad)
+        # numpy's reflect is scipy's mirror extension (repeated for pads longer than the axis)
+        data = np.pad(np.asarray(data, dtype=np.float32), pad, mode="reflect")
         inner = tuple(slice(h, h + (o1 - o0)) for (o0, o1), h in zip(src, halo))
         out[tuple(dst)] = normalizer(data)[inner]
         return out

@@ -240,11 +240,10 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
         payload = torch.load(pretrained, map_location="cpu", weights_only=False)
         cfg = stored_network(payload)
         pre_norm = payload.get("normalize", "percentile")  # files of earlier versions: percentile
-        from selma3d.training.plan import structure_normalization as _sn
-
         pre = {"normalize": pre_norm, "normalize_by_structure": {}} if isinstance(pre_norm, str) else {
             "normalize": pre_norm.get("*", "percentile"), "normalize_by_structure": pre_norm}
-        differ = sorted({c.structure for c in cases if _sn(pre, c.structure) != _sn(rec, c.structure)})
+        differ = sorted({c.structure for c in cases if structure_normalization(pre, c.structure)
+                         != structure_normalization(rec, c.structure)})
         if differ:
             log.warning("pretraining normalised %s differently from finetuning (%s vs %s): set pretrain.normalize "
                         "(plan: as finetuning)", ", ".join(differ), pre_norm, rec["normalize_by_structure"] or norm)
