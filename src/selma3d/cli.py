@@ -16,6 +16,7 @@ COMMANDS = {
     "synthesize": ("selma3d.data.synth", "write the synthetic light-sheet dataset"),
     "import-weights": ("selma3d.nets.imports",
                        "convert a published pretrained checkpoint into this pipeline's encoder weights"),
+    "ensemble": ("selma3d.training.ensemble", "average finetuned models (e.g. a run's seeds) into one model.pt"),
     "config": ("selma3d.config", "show the resolved config and every strategy's network (config show)"),
     "export-algorithm": ("selma3d.inference.export",
                          "export a finetuned run as a SELMA3D challenge algorithm (Docker build folder)"),

@@ -15,7 +15,6 @@ rule infer:
         f"{RESULTS}/benchmarks/infer/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.tsv"
     params:
         settings=config["infer"],
-        normalize=config["finetune"]["normalize"],
     resources:
         **gpu_resources("infer"),
     conda:

@@ -325,7 +325,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
 
 
 def load_model(path: str | Path, device=None):
-    """A finetuned network (eval mode) and its saved settings."""
+    """A finetuned network (eval mode) and its saved settings; an ensemble file
+    (:mod:`selma3d.training.ensemble`) gives a :class:`~selma3d.nets.ensemble.ProbabilityEnsemble`."""
     from selma3d.nets.models import apply_finetune_mode, build_segmentation_net
     from selma3d.training import classical
 
@@ -335,9 +336,19 @@ def load_model(path: str | Path, device=None):
                             "use selma3d.training.classical.predict")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     payload["config"] = stored_network(payload)
-    net = build_segmentation_net(payload["config"])
-    if payload.get("mode") == "adapter":  # adapters add tensors the plain net lacks
-        apply_finetune_mode(net, "adapter", payload["config"]["backbone"])
-    net.load_state_dict(payload["state_dict"])
+
+    def build(state_dict) -> torch.nn.Module:
+        net = build_segmentation_net(payload["config"])
+        if payload.get("mode") == "adapter":  # adapters add tensors the plain net lacks
+            apply_finetune_mode(net, "adapter", payload["config"]["backbone"])
+        net.load_state_dict(state_dict)
+        return net
+
+    if "members" in payload:  # selma3d.training.ensemble: the seeds' mean probability
+        from selma3d.nets.ensemble import ProbabilityEnsemble
+
+        net = ProbabilityEnsemble([build(sd) for sd in payload["members"]])
+    else:
+        net = build(payload["state_dict"])
     net.to(device or pick_device()).eval()
     return net, payload
