@@ -79,3 +79,41 @@ def test_cli_writes_the_ensemble_and_reports_bad_input_in_one_line(tmp_path, cap
                  "--out", str(tmp_path / "two.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b/model.pt" in err[0] and "config" in err[0]
+
+
+@pytest.mark.slow
+def test_workflow_scores_the_ensemble_of_two_seeds_as_its_own_run(tmp_path):
+    """config/tiny.yaml with two seeds and finetune.ensemble: the ensemble (b1_sens) is built from
+    both seeds' models, calibrated, inferred, scored as mode full+ens, and a submission can pick it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    from selma3d.evaluation.submission import best_run
+
+    repo = Path(__file__).resolve().parents[1]
+    overlay = {"results_dir": str(tmp_path / "r"), "pretrain": {"strategies": []},
+               "finetune": {"strategies": ["scratch", "threshold"], "seeds": [0, 1], "ensemble": True},
+               "infer": {"mirror_axes": []}, "evaluate": {"protocols": ["selma3d2026"]}}
+    (tmp_path / "ens.yaml").write_text(yaml.safe_dump(overlay))
+    res = subprocess.run([sys.executable, "-m", "snakemake", "leaderboard", "--nolock", "--cores", "2",
+                          "--configfile", "config/tiny.yaml", str(tmp_path / "ens.yaml")],
+                         cwd=repo, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
+    out = tmp_path / "r"
+    net, payload = load_model(out / "finetune" / "scratch" / "full" / "b1_sens" / "model.pt", torch.device("cpu"))
+    assert isinstance(net, ProbabilityEnsemble) and payload["ensemble_of"] == ["b1_s0", "b1_s1"]
+    assert payload["postprocess"]["split"] == "val"  # calibrated on validation like a single model
+    assert not (out / "finetune" / "threshold" / "full" / "b1_sens").exists()  # no network, no ensemble
+    cases = pd.read_csv(out / "leaderboard" / "cases.csv", dtype={"budget": str})
+    runs = set(cases[["strategy", "mode"]].itertuples(index=False, name=None))
+    assert runs == {("scratch", "full"), ("scratch", "full+ens"), ("threshold", "full")}
+    ens = cases[cases["mode"] == "full+ens"]
+    assert len(ens) == 3 and set(ens["seed"]) == {0} and ens["dice"].between(0, 1).all()
+    assert "full+ens" in (out / "leaderboard" / "leaderboard.md").read_text()
+    only_ens = cases[cases["mode"] == "full+ens"]
+    pick = best_run(only_ens, 2026)
+    assert pick["seed"] == "ens" and pick["run_id"] == "scratch/full/b1_sens"

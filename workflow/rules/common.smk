@@ -20,7 +20,7 @@ wildcard_constraints:
     strategy=r"[a-z0-9_]+",
     mode=r"full|frozen|adapter",
     budget=r"\d+|all",
-    seed=r"\d+",
+    seed=r"\d+|ens",  # ens: the ensemble of a run's seeds (finetune.ensemble)
     protocol=r"selma3d2024|selma3d2026",
     # pretraining data variant (pretrain.data_fractions x data_sources); "" = every patch
     pdata=r"(@[a-z0-9._\-]+)?",
@@ -72,10 +72,20 @@ def pretrain_units():
     return pretrain_shards() if PATCHSET else pretrain_volumes()
 
 
-def run_ids():
+def run_ids(ensembles=True):
     """(strategy, mode, budget, seed, pretraining data tag) for every finetuning run configured
-    (selma3d.training.runplan.scaled_runs)."""
-    return runplan.scaled_runs(config)
+    (selma3d.training.runplan.scaled_runs), then, with ``ensembles``, every ensemble of a run's
+    seeds (seed "ens", runplan.ensemble_runs)."""
+    runs = runplan.scaled_runs(config)
+    return runs + runplan.ensemble_runs(config) if ensembles else runs
+
+
+def ensemble_members(wildcards):
+    """The models of every configured seed of the run an ensemble averages."""
+    return [
+        f"{run_dir('finetune', wildcards.strategy, wildcards.mode, wildcards.budget, seed, wildcards.pdata)}/model.pt"
+        for seed in config["finetune"]["seeds"]
+    ]
 
 
 def run_dir(kind, s, m, b, seed, pdata=""):

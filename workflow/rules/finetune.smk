@@ -1,5 +1,6 @@
 # Label budgets drawn per seed, the training plan (dataset fingerprint), then supervised
-# finetuning per strategy x mode x budget x seed (strategy threshold: the classical baseline).
+# finetuning per strategy x mode x budget x seed (strategy threshold: the classical baseline),
+# and, with finetune.ensemble, the ensemble of each network run's seeds.
 
 
 rule split:
@@ -7,6 +8,8 @@ rule split:
         manifest=manifest_path(),
     output:
         split=f"{RESULTS}/splits/b{{budget}}_s{{seed}}.csv",
+    wildcard_constraints:
+        seed=r"\d+",
     log:
         f"{RESULTS}/logs/split/b{{budget}}_s{{seed}}.log",
     benchmark:
@@ -47,6 +50,8 @@ rule finetune:
     output:
         model=f"{RESULTS}/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/model.pt",
         curve=f"{RESULTS}/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}/train_log.csv",
+    wildcard_constraints:
+        seed=r"\d+",
     log:
         f"{RESULTS}/logs/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_s{{seed}}.log",
     benchmark:
@@ -70,3 +75,27 @@ rule finetune:
         "../../envs/torch.yaml"
     script:
         "../scripts/finetune.py"
+
+
+rule ensemble:
+    input:
+        manifest=manifest_path(),
+        models=ensemble_members,
+    output:
+        model=f"{RESULTS}/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_sens/model.pt",
+    log:
+        f"{RESULTS}/logs/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_sens.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/finetune/{{strategy}}{{pdata}}/{{mode}}/b{{budget}}_sens.tsv"
+    params:
+        # calibrated on validation exactly as the finetune rule calibrates a single model
+        calibration={
+            k: config["infer"][k]
+            for k in ("overlap", "sw_batch_size", "blend", "mirror_axes", "postprocess")
+        },
+    resources:
+        **gpu_resources("infer"),
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/ensemble.py"

@@ -47,7 +47,7 @@ rule figures_pretrain:
 
 rule figures_finetune:
     input:
-        logs=[f"{run_dir('finetune', *r)}/train_log.csv" for r in run_ids()],
+        logs=[f"{run_dir('finetune', *r)}/train_log.csv" for r in run_ids(ensembles=False)],
     output:
         curves=_report_fig("finetune_curves", "finetune_curves", "3. Finetuning", "Training curves"),
         curves_pdf=_fig("finetune_curves")[1],

@@ -26,7 +26,7 @@ from selma3d.core.errors import InputError
 from selma3d.core.text import tex_escape
 from selma3d.evaluation.metrics import METRIC_COLUMNS, PROTOCOLS
 from selma3d.core.structures import CATEGORIES, structure_type_2024
-from selma3d.training.runplan import pretrain_data
+from selma3d.training.runplan import ENSEMBLE, ensemble_mode, pretrain_data
 
 RUN_KEYS = ("strategy", "mode", "budget")
 #: the pretraining data a run started from, read from its strategy (``mae@f0.25``: a quarter of
@@ -356,7 +356,8 @@ def collect_eval_tables(paths) -> dict[str, pd.DataFrame]:
     """Per-case CSVs named ``.../{protocol}/{strategy}/{mode}/b{budget}_s{seed}.csv`` -> {protocol: cases}.
 
     The run columns (strategy, mode, budget, seed) are taken from the path, and the pretraining
-    data of the run (:data:`PRETRAIN_COLUMNS`) from its strategy folder (``mae@f0.25``).
+    data of the run (:data:`PRETRAIN_COLUMNS`) from its strategy folder (``mae@f0.25``). An
+    ensemble of seeds (``b<budget>_sens.csv``) is the run of mode ``<mode>+ens``, seed 0.
     """
     import re
 
@@ -370,6 +371,8 @@ def collect_eval_tables(paths) -> dict[str, pd.DataFrame]:
         df = pd.read_csv(path)
         _check_columns(df, ("case", "structure", "category") + METRIC_COLUMNS, str(path))
         budget, seed = _maybe_int(m["budget"]), _maybe_int(m["seed"])
+        if seed == ENSEMBLE:  # the ensemble of the run's seeds: its own leaderboard run
+            mode, seed = ensemble_mode(mode), 0
         df.insert(0, "seed", seed)
         df.insert(0, "budget", budget)
         df.insert(0, "mode", mode)

@@ -72,11 +72,12 @@ def best_run(cases: pd.DataFrame, year: int | str) -> dict:
         year: the edition (2024, 2025, 2026).
     Returns:
         ``{"strategy", "mode", "budget", "seed", "run_id", "protocol", "final_rank", "place",
-        "runs_ranked", "seed_rank", "seeds"}``; ties go to the first in (strategy, mode, budget)
+        "runs_ranked", "seed_rank", "seeds"}`` (an ensemble run, mode ``<mode>+ens``: seed
+        ``"ens"``, run_id ``<strategy>/<mode>/b<budget>_sens``); ties go to the first in (strategy, mode, budget)
         order, and to the lowest seed. ``threshold`` runs (the classical baseline) are not
         candidates: the container exports a network.
     """
-    from selma3d.training.runplan import THRESHOLD
+    from selma3d.training.runplan import ENSEMBLE, THRESHOLD, split_ensemble_mode
 
     protocol = protocol_of(year)
     cases = _cases_for(cases, protocol)
@@ -90,7 +91,10 @@ def best_run(cases: pd.DataFrame, year: int | str) -> dict:
     mask = np.logical_and.reduce([cases[k].astype(str) == str(v) for k, v in key.items()])
     run_cases = cases[mask]
     seeds = sorted({int(s) for s in run_cases["seed"]})
-    if len(seeds) == 1:
+    mode, ensembled = split_ensemble_mode(key["mode"])
+    if ensembled:  # one model: the seeds' ensemble
+        seed, seed_rank = ENSEMBLE, 1.0
+    elif len(seeds) == 1:
         seed, seed_rank = seeds[0], 1.0
     else:  # the same ranking over this run's seeds, each standing alone
         per_seed = run_cases.assign(strategy=run_cases["seed"].astype(int).astype(str))
@@ -102,7 +106,7 @@ def best_run(cases: pd.DataFrame, year: int | str) -> dict:
     budget = int(budget) if str(budget).isdigit() else str(budget)
     final = float(top["final_rank"])
     return {"strategy": str(key["strategy"]), "mode": str(key["mode"]), "budget": budget, "seed": seed,
-            "run_id": f"{key['strategy']}/{key['mode']}/b{budget}_s{seed}", "protocol": protocol,
+            "run_id": f"{key['strategy']}/{mode}/b{budget}_s{seed}", "protocol": protocol,
             "final_rank": None if math.isnan(final) else final, "place": int(top["place"]),
             "runs_ranked": int(len(ranked)), "seed_rank": seed_rank, "seeds": seeds}
 

@@ -56,7 +56,7 @@ SOURCE_PATHS = ("pyproject.toml", "README.md", "src")
 #: repo's requirements.txt. torch comes with the base image.
 RUNTIME_PACKAGES = ("numpy", "scipy", "pandas", "monai", "einops", "tifffile", "imagecodecs", "nibabel",
                     "simpleitk", "zarr", "numcodecs", "connected-components-3d", "scikit-image", "tqdm", "pyyaml")
-RUN_ID = re.compile(r"(?P<strategy>[^/]+)/(?P<mode>[^/]+)/b(?P<budget>[^_/]+)_s(?P<seed>\d+)$")
+RUN_ID = re.compile(r"(?P<strategy>[^/]+)/(?P<mode>[^/]+)/b(?P<budget>[^_/]+)_s(?P<seed>\d+|ens)$")
 LEADERBOARD_METRICS = ("dice", "cldice", "pq", "betti0_error", "betti1_error")
 
 
@@ -97,7 +97,8 @@ def parse_run_id(run_dir: str | Path) -> dict:
         return {"id": path.name}
     budget = m["budget"]
     return {"id": text, "strategy": m["strategy"], "mode": m["mode"],
-            "budget": int(budget) if budget.isdigit() else budget, "seed": int(m["seed"])}
+            "budget": int(budget) if budget.isdigit() else budget,
+            "seed": int(m["seed"]) if m["seed"].isdigit() else m["seed"]}  # "ens": an ensemble of seeds
 
 
 def config_hash(payload: dict, settings: dict) -> str:

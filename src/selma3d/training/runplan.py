@@ -11,6 +11,9 @@ shape the plan beyond the plain product strategies × modes × budgets × seeds:
   of the same architecture; the ablation table pairs them (``baseline_for``).
 - ``threshold`` is the classical baseline (``selma3d.training.classical``): no network and no
   pretraining, so it runs in mode ``full`` only; it is scored and ranked like any run.
+
+With ``finetune.ensemble`` and two or more seeds, :func:`ensemble_runs` adds one more run per
+network run: the ensemble of its seeds (seed label ``ens``, leaderboard mode ``<mode>+ens``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ SCRATCH = "scratch"
 SCRATCH_PREFIX = "scratch_"
 #: the classical baseline: a per-structure intensity threshold, no network
 THRESHOLD = "threshold"
+#: the seed label of an ensemble run (folder ``b<budget>_sens``): the mean of its seeds' models
+ENSEMBLE = "ens"
+#: how the leaderboard tells an ensemble run from its single-seed runs: mode ``<mode>+ens``
+ENSEMBLE_MODE_SUFFIX = "+ens"
 #: finetuning modes and the backbones each one applies to (None: any)
 MODE_BACKBONES: dict[str, tuple[str, ...] | None] = {"full": None, "frozen": None, "adapter": ("vit",)}
 
@@ -278,6 +285,29 @@ def scaled_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     tags = data_tags(config)
     return [(s, m, b, seed, t) for s, m, b, seed in finetune_runs(config)
             for t in (tags if is_pretrained(s) and not is_external(s) else [""])]
+
+
+def ensemble_runs(config: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(strategy, mode, budget, :data:`ENSEMBLE`, data tag) for every network run whose seeds
+    ``finetune.ensemble`` averages: none unless it is on and two or more seeds are configured;
+    never ``threshold`` (no network)."""
+    ft = config["finetune"]
+    if not ft.get("ensemble") or len(set(ft["seeds"])) < 2:
+        return []
+    runs = {(s, m, b, t) for s, m, b, _, t in scaled_runs(config) if s != THRESHOLD}
+    return [(s, m, b, ENSEMBLE, t) for s, m, b, t in sorted(runs)]
+
+
+def ensemble_mode(mode: str) -> str:
+    """The leaderboard's mode of an ensemble run: ``full`` -> ``full+ens``."""
+    return f"{mode}{ENSEMBLE_MODE_SUFFIX}"
+
+
+def split_ensemble_mode(mode: str) -> tuple[str, bool]:
+    """``full+ens`` -> (``full``, True); ``full`` -> (``full``, False)."""
+    if str(mode).endswith(ENSEMBLE_MODE_SUFFIX):
+        return str(mode)[: -len(ENSEMBLE_MODE_SUFFIX)], True
+    return str(mode), False
 
 
 def pretrain_steps(steps: int, fraction: float, scale: str) -> int:
