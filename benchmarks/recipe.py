@@ -13,6 +13,8 @@ per-structure Dice / clDice / PQ table (mean ± std over seeds) and job times to
 
     python benchmarks/recipe.py --seeds 0 1 2            # about 12 CPU-min per recipe and seed
     python benchmarks/recipe.py --seeds 0 --steps 100    # quicker, noisier
+    # each seed alone and the ensemble of the seeds (finetune.ensemble)
+    python benchmarks/recipe.py --variants legacy@finetune.ensemble=true --steps 300 --mirror-axes
     # the synthetic SSL benchmark, whose test split holds a structure never trained on (microglia)
     python benchmarks/recipe.py --configfile config/ssl_benchmark.yaml --name recipe_synthetic
 """
@@ -129,8 +131,9 @@ def main() -> None:
             frames.append(cases)
             print(f"{variant} seeds {args.seeds}: {walls[variant] / 60:.1f} job-min", flush=True)
     cases = pd.concat(frames, ignore_index=True)
-    cases["method"] = cases.apply(lambda r: "threshold" if r.strategy == "threshold" else f"scratch ({r.recipe})",
-                                  axis=1)
+    cases["method"] = cases.apply(
+        lambda r: "threshold" if r.strategy == "threshold"
+        else f"scratch ({r.recipe}){', ensemble of the seeds' if str(r['mode']).endswith('+ens') else ''}", axis=1)
     cases = cases[~((cases.strategy == "threshold") & (cases.recipe != args.variants[0]))]  # one threshold fit per seed
     metrics = [m for m in ("dice", "cldice", "pq") if m in cases]
     per_seed = cases.groupby(["method", "budget", "structure", "seed"])[metrics].mean()

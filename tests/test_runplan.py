@@ -86,3 +86,15 @@ def test_threshold_baseline_is_planned_without_pretraining_in_mode_full_only():
     frozen = {**cfg, "finetune": {**cfg["finetune"], "modes": ["frozen"]}}
     runplan.check_strategies(frozen)  # no network to freeze: still the one classical run, as full
     assert {(s, m) for s, m, _, _ in runplan.finetune_runs(frozen)} == {("scratch", "frozen"), ("threshold", "full")}
+
+def test_ensemble_runs_average_each_network_run_over_its_seeds():
+    cfg = {**CONFIG, "finetune": {**CONFIG["finetune"], "strategies": ["scratch", "mae", "threshold"]}}
+    assert runplan.ensemble_runs(cfg) == []  # off unless asked for
+    cfg["finetune"]["ensemble"] = True
+    runs = runplan.ensemble_runs(cfg)
+    assert {(s, m, b) for s, m, b, _, _ in runs} == {(s, m, b) for s in ("scratch", "mae") for m in ("full", "frozen")
+                                                      for b in ("1", "all")}
+    assert {seed for _, _, _, seed, _ in runs} == {runplan.ENSEMBLE}  # never threshold, one per run
+    assert runplan.ensemble_runs({**cfg, "finetune": {**cfg["finetune"], "seeds": [3]}}) == []  # one seed: nothing
+    assert runplan.split_ensemble_mode(runplan.ensemble_mode("frozen")) == ("frozen", True)
+    assert runplan.split_ensemble_mode("full") == ("full", False)
