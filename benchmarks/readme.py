@@ -3,8 +3,9 @@
 A section is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
 README.md; nothing between the markers is typed by hand. Sources:
 
-- ``recipe`` / ``recipe_synthetic``: the newest ``benchmarks/results/recipe[_synthetic]_<date>.md``
-  (``benchmarks/recipe.py`` on real_selma / on the synthetic SSL benchmark);
+- ``recipe`` / ``recipe_synthetic`` / ``recipe_ensemble``: the newest
+  ``benchmarks/results/recipe[_synthetic|_ensemble]_<date>.md`` (``benchmarks/recipe.py`` on
+  real_selma / on the synthetic SSL benchmark / each seed against the ensemble of the seeds);
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
   the run's date, machine and job times), copied from a workflow run's results folder by
   ``--study``;
@@ -221,7 +222,9 @@ def performance_section() -> str:
                       "|---|---|---|---|---|---|", *rows]) + "\n"
 
 
-SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section("recipe_synthetic"), "ssl_real": ssl_real_section, "performance": performance_section,
+SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section("recipe_synthetic"),
+            "recipe_ensemble": lambda: recipe_section("recipe_ensemble"),
+            "ssl_real": ssl_real_section, "performance": performance_section,
             "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
             "scaling_real": lambda: scaling_section("real_selma_scaling")}
 
