@@ -2,7 +2,6 @@
 post-processing on validation like a single model's."""
 
 import sys
-from pathlib import Path
 
 from selma3d.core.logs import start_rule
 
@@ -13,8 +12,7 @@ from selma3d.training.runtime import configure_threads  # noqa: E402
 
 configure_threads()
 p = snakemake.params
-models = list(snakemake.input.models)
-summary = combine(models, snakemake.output.model, names=[Path(m).parent.name for m in models])
+summary = combine(list(snakemake.input.models), snakemake.output.model)  # members named by their folders
 if p.calibration["postprocess"]["select_on_validation"]:
     from selma3d.inference.calibrate import calibrate
 

@@ -30,6 +30,7 @@ SHARED_KEYS = ("config", "mode", "normalize", "normalize_by_structure", "normali
 
 
 def is_ensemble(payload: dict[str, Any]) -> bool:
+    """Whether a loaded ``model.pt`` payload is an ensemble written by :func:`combine`."""
     return "members" in payload
 
 

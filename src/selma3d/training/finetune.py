@@ -344,7 +344,9 @@ def load_model(path: str | Path, device=None):
         net.load_state_dict(state_dict)
         return net
 
-    if "members" in payload:  # selma3d.training.ensemble: the seeds' mean probability
+    from selma3d.training.ensemble import is_ensemble
+
+    if is_ensemble(payload):  # the seeds' mean probability
         from selma3d.nets.ensemble import ProbabilityEnsemble
 
         net = ProbabilityEnsemble([build(sd) for sd in payload["members"]])
