@@ -16,6 +16,15 @@ import torch
 #: probabilities are clamped to [EPS, 1 - EPS] before the logit, so it stays finite
 EPS = 1e-6
 
+#: the ``model.pt`` key that holds an ensemble's member weights (written by
+#: :func:`selma3d.training.ensemble.combine`)
+MEMBERS_KEY = "members"
+
+
+def is_ensemble(payload: dict) -> bool:
+    """Whether a loaded ``model.pt`` payload is an ensemble (member weights, no single state_dict)."""
+    return MEMBERS_KEY in payload
+
 
 class ProbabilityEnsemble(torch.nn.Module):
     """``logit(mean_i sigmoid(member_i(x)))`` over one-channel foreground logits."""

@@ -21,17 +21,13 @@ import torch
 
 from selma3d.core.atomic import atomic_path
 from selma3d.core.errors import InputError
+from selma3d.nets.ensemble import MEMBERS_KEY, is_ensemble
 
 log = logging.getLogger(__name__)
 
 #: what every member must share: the network, and how it reads an image
 SHARED_KEYS = ("config", "mode", "normalize", "normalize_by_structure", "normalize_stats", "recipe",
                "ignore_label", "background_values")
-
-
-def is_ensemble(payload: dict[str, Any]) -> bool:
-    """Whether a loaded ``model.pt`` payload is an ensemble written by :func:`combine`."""
-    return "members" in payload
 
 
 def combine(model_paths: Sequence[str | Path], out: str | Path, names: Sequence[str] | None = None) -> dict:
@@ -78,7 +74,7 @@ def combine(model_paths: Sequence[str | Path], out: str | Path, names: Sequence[
                                  repr(payload.get(key)))
     summary = {"ensemble_of": names, "member_val_dice": [p.get("best_val_dice") for p in payloads]}
     stored = {k: first.get(k) for k in SHARED_KEYS} | summary | {
-        "members": [p["state_dict"] for p in payloads], "state_dict": None}
+        MEMBERS_KEY: [p["state_dict"] for p in payloads], "state_dict": None}
     with atomic_path(out) as tmp:
         torch.save(stored, tmp)
     log.info("ensemble of %d models (%s) written to %s", len(paths), ", ".join(names), out)

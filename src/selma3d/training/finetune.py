@@ -344,12 +344,10 @@ def load_model(path: str | Path, device=None):
         net.load_state_dict(state_dict)
         return net
 
-    from selma3d.training.ensemble import is_ensemble
+    from selma3d.nets.ensemble import MEMBERS_KEY, ProbabilityEnsemble, is_ensemble
 
     if is_ensemble(payload):  # the seeds' mean probability
-        from selma3d.nets.ensemble import ProbabilityEnsemble
-
-        net = ProbabilityEnsemble([build(sd) for sd in payload["members"]])
+        net = ProbabilityEnsemble([build(sd) for sd in payload[MEMBERS_KEY]])
     else:
         net = build(payload["state_dict"])
     net.to(device or pick_device()).eval()
