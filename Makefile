@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RESULTS ?= results
+# parallel test workers (pytest-xdist), one test file per worker at a time: module fixtures run once
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test lint dryrun report clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 	@cat $(RESULTS)/leaderboard/leaderboard.md
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint

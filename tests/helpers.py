@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(*args, cwd=REPO, timeout=900) -> subprocess.CompletedProcess:
+    """``python -m snakemake ARGS`` in the repository (the interpreter running the tests), captured."""
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def make_patch_store(folder: Path, n: int = 6, size: int = 40, seed: int = 0, name: str = "vol") -> Path:

@@ -85,12 +85,11 @@ def test_cli_writes_the_ensemble_and_reports_bad_input_in_one_line(tmp_path, cap
 def test_workflow_scores_the_ensemble_of_two_seeds_as_its_own_run(tmp_path):
     """config/tiny.yaml with two seeds and finetune.ensemble: the ensemble (b1_sens) is built from
     both seeds' models, calibrated, inferred, scored as mode full+ens, and a submission can pick it."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     import pandas as pd
     import yaml
+    from helpers import snakemake
 
     from selma3d.evaluation.submission import best_run
 
@@ -99,9 +98,8 @@ def test_workflow_scores_the_ensemble_of_two_seeds_as_its_own_run(tmp_path):
                "finetune": {"strategies": ["scratch", "threshold"], "seeds": [0, 1], "ensemble": True},
                "infer": {"mirror_axes": []}, "evaluate": {"protocols": ["selma3d2026"]}}
     (tmp_path / "ens.yaml").write_text(yaml.safe_dump(overlay))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "leaderboard", "--nolock", "--cores", "2",
-                          "--configfile", "config/tiny.yaml", str(tmp_path / "ens.yaml")],
-                         cwd=repo, capture_output=True, text=True, timeout=900)
+    res = snakemake("leaderboard", "--nolock", "--cores", "2", "--configfile", "config/tiny.yaml",
+                    str(tmp_path / "ens.yaml"), cwd=repo)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-4000:]
     out = tmp_path / "r"
     net, payload = load_model(out / "finetune" / "scratch" / "full" / "b1_sens" / "model.pt", torch.device("cpu"))

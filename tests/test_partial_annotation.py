@@ -4,14 +4,13 @@ looks at voxels nobody annotated."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import snakemake
 
 from selma3d.evaluation.evaluate import evaluate_pairs, ground_truth_mask
 from selma3d.io import write_nifti
@@ -87,9 +86,8 @@ def test_custom_axon_config_runs_end_to_end_on_the_partially_annotated_volume(tm
             "finetune": {"steps": 8, "val_every": 8, "batch_size": 2, "lr": 0.003},
             "infer": {"overlap": 0.25, "sw_batch_size": 2, "mirror_axes": []}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "all", "--nolock", "--profile", "profiles/local",
-                          "--cores", "2", "--configfile", "config/custom.yaml", str(tmp_path / "fast.yaml")],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
+                    "--configfile", "config/custom.yaml", str(tmp_path / "fast.yaml"), timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     out = tmp_path / "r"
     assert (out / "downsample" / "axonalmarker_trailmap.ome.zarr").is_dir()

@@ -6,8 +6,6 @@ data, carried from the manifest through the patch index and the batch into mae_t
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from helpers import snakemake
 
 from selma3d.core.errors import InputError
 from selma3d.core.labels import binarize_label
@@ -174,9 +173,8 @@ def test_real_selma_runs_end_to_end_with_every_structure_on_the_leaderboard(tmp_
             "finetune": {"strategies": ["scratch", "mae_text"], "steps": 2, "val_every": 2},
             "infer": {"overlap": 0.25, "sw_batch_size": 8, "mirror_axes": []}}
     (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
-    res = subprocess.run([sys.executable, "-m", "snakemake", "all", "--nolock", "--cores", "2",
-                          "--configfile", "config/real_selma.yaml", str(tmp_path / "fast.yaml")],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    res = snakemake("all", "--nolock", "--cores", "2", "--configfile", "config/real_selma.yaml",
+                    str(tmp_path / "fast.yaml"))
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
     out = tmp_path / "r"
     index = pd.read_csv(out / "patches" / "wu_brain.csv", dtype=str, keep_default_na=False)

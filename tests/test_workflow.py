@@ -3,8 +3,6 @@ config caught before any job, and a tiny end-to-end run on the synthetic dataset
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,15 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import snakemake
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 CONFIGS = sorted(p.name for p in (REPO / "config").glob("*.yaml"))
 PROFILES = ["profiles/local", "profiles/slurm"]
-
-
-def snakemake(*args, cwd=REPO, timeout=900):
-    return subprocess.run(SNAKEMAKE + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_lint_is_clean():
@@ -171,26 +165,6 @@ def test_every_strategy_and_mode_runs_end_to_end_to_a_finite_leaderboard(tmp_pat
     # a second run has nothing to do: every output is complete and up to date
     res = snakemake("all", "-n", "--nolock", "--configfile", str(tmp_path / "tiny.yaml"))
     assert "Nothing to be done" in res.stdout + res.stderr
-
-
-@pytest.mark.slow
-def test_real_cfos_train_on_brain_695_validate_on_753(tmp_path, real_data):
-    fast = {"results_dir": str(tmp_path / "r"),
-            "pretrain": {"strategies": ["mae"], "steps": 4, "batch_size": 2, "num_workers": 0},
-            "finetune": {"strategies": ["scratch", "mae"], "steps": 30, "val_every": 15, "batch_size": 2,
-                         "lr": 0.003},
-            "infer": {"overlap": 0.25, "mirror_axes": []}}  # TTA is tested on its own (test_recipe*)
-    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(fast))
-    res = snakemake("all", "--nolock", "--profile", "profiles/local", "--cores", "2",
-                    "--configfile", "config/real_cfos.yaml", str(tmp_path / "fast.yaml"))
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-6000:]
-    out = tmp_path / "r"
-    assert len(list((out / "downsample").glob("*.ome.zarr"))) == 8, "brain 695's eight raw patches are downsampled"
-    cases = pd.read_csv(out / "leaderboard" / "cases.csv")
-    assert sorted(cases.case.unique()) == [f"cfos_neuron_753_{k}" for k in range(8)]
-    assert np.isfinite(cases.dice).all()
-    log = (out / "logs" / "finetune" / "scratch" / "full" / "ball_s0.log").read_text()
-    assert "val Dice" in log and "8 cases" in log
 
 
 def test_rule_scripts_import_the_library_beside_them(monkeypatch):
