@@ -6,13 +6,18 @@ Gaussian blending), thresholded at 0.5. New: ``selma3d.inference.patches.probabi
 ``segment_case`` with the ``infer`` block's schema defaults (overlap set to ``--overlap``, no
 test-time mirroring). Reference and new alternate patch by patch, so load from other work hits
 both alike; reported: seconds per patch, the ratio, max |probability difference| and whether the
-binary masks are identical. Then the cost of test-time mirroring (8 flips) on one patch.
+binary masks are identical. Then the cost of test-time mirroring (8 flips) on one patch, and
+with ``--sweep ROI:OVERLAP ...`` other window grids on the same patches (the net is fully
+convolutional: a larger window, or less overlap, runs fewer windows): seconds per patch, Dice of
+the mask against the reference grid's mask and against the ground truth, so the cost of a
+faster grid is measured, not assumed.
 
 The patches are real: the c-Fos brain 753 images of ``config/manifests/real_selma.csv``.
 ``--model`` takes a finetuned ``model.pt`` (recommended: a random net's probabilities sit near
 0.5, where float rounding flips voxels); without it, a seeded random half-width UNet.
 
-    python benchmarks/patch_inference.py --model results/real_selma/finetune/scratch/full/ball_s0/model.pt
+    python benchmarks/patch_inference.py --model results/real_selma/finetune/scratch/full/ball_s0/model.pt \
+        --sweep 32:0.25 48:0.25 64:0.25 100:0
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -41,6 +47,11 @@ def reference_probability(net, image: np.ndarray, roi, device, overlap: float) -
         logits = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian",
                                           padding_mode="reflect" if min(image.shape) > 1 else "constant")
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
 def load_net(model: str | None, features, roi: int, device):
@@ -70,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake gives each job one per core)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time mirroring measurement")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--sweep", nargs="*", default=[], metavar="ROI:OVERLAP",
+                   help="other window grids to time on the same patches (e.g. 32:0.25 64:0.25 100:0)")
     args = p.parse_args(argv)
+    try:
+        sweep = [(int(r), float(o)) for r, o in (item.split(":") for item in args.sweep)]
+    except ValueError:
+        p.error(f"--sweep: expected ROI:OVERLAP items such as 64:0.25, found {args.sweep}")
 
     import torch
 
@@ -93,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if rows.empty:
         raise SystemExit(f"no test images whose case starts with {args.cases!r} in the manifest")
 
-    per = []
+    truth = {r.case: r.path for r in table[(table.split == "test") & (table.role == "label")].itertuples()}
+    per, grids = [], []
     for _, row in rows.iterrows():
         raw = np.asarray(io.read_volume(row.path).data, dtype=np.float32)
         norm = normalize_image(raw, payload["normalize"], payload.get("normalize_stats"))
@@ -114,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row.case} {raw.shape}: reference {t_ref:.2f} s, new {t_new:.2f} s (segment_case {t_case:.2f} s), "
               f"max |dp| {per[-1]['max_abs_prob_diff']:.1e}, masks identical {per[-1]['masks_identical']}",
               flush=True)
+        gt = np.asarray(io.read_volume(truth[row.case]).data) > 0 if row.case in truth else None
+        for size, overlap in [(roi[0], args.overlap)] + sweep:
+            grid_roi = tuple(min(size, n) if size > roi[0] else size for n in raw.shape)
+            t = time.perf_counter()
+            prob = probability(net, norm, grid_roi, device, overlap, int(settings["sw_batch_size"]), settings["blend"])
+            t_grid = time.perf_counter() - t
+            m = prob > float(settings["threshold"])
+            grids.append({"case": row.case, "roi": list(grid_roi), "overlap": overlap, "seconds": t_grid,
+                          "dice_vs_reference": dice(m, ref_mask),
+                          "dice_vs_truth": None if gt is None else dice(m, gt)})
 
     tta = None
     if not args.no_tta:
@@ -147,13 +175,28 @@ def main(argv: list[str] | None = None) -> int:
     if tta:
         lines.append(f"test-time mirroring (8 flips) on {tta['case']}: {tta['seconds']:.2f} s per patch "
                      f"({tta['seconds'] / case_s:.1f}x the unmirrored segment_case)")
+    if sweep:
+        frame = pd.DataFrame(grids)
+        frame["grid"] = frame.apply(lambda r: f"{'x'.join(map(str, r.roi))}:{r.overlap:g}", axis=1)
+        summary = frame.groupby("grid", sort=False).agg(seconds=("seconds", "mean"),
+                                                        vs_ref=("dice_vs_reference", "mean"),
+                                                        vs_truth=("dice_vs_truth", "mean"))
+        base = summary.iloc[0]
+        lines += ["", f"window grids on the same {len(per)} patches (probability only, no post-processing; "
+                      "first row: the reference grid; Dice of the thresholded mask in %):", "",
+                  "| roi:overlap | s/patch | speed-up | Dice vs reference mask | Dice vs ground truth |",
+                  "|---|---|---|---|---|"]
+        for grid, r in summary.iterrows():
+            lines.append(f"| {grid} | {r.seconds:.2f} | {base.seconds / r.seconds:.2f}x | {100 * r.vs_ref:.1f} | "
+                         f"{'–' if r.vs_truth != r.vs_truth else f'{100 * r.vs_truth:.1f}'} |")
     print("\n".join(lines))
     if not args.no_write:
         write_results("patch_inference", {
             "machine": where, "load_average": load, "model": model_kind, "roi": list(roi), "overlap": args.overlap,
             "threads": args.threads, "sw_batch_size": {"reference": 4, "new": int(settings["sw_batch_size"])},
             "model_load_s": load_s, "patches": per, "reference_s_per_patch": ref_s, "new_s_per_patch": new_s,
-            "segment_case_s_per_patch": case_s, "ratio": ref_s / new_s, "equal_output": ok, "tta": tta}, lines)
+            "segment_case_s_per_patch": case_s, "ratio": ref_s / new_s, "equal_output": ok, "tta": tta,
+            "grids": grids}, lines)
     return 0 if ok else 1
 
 

@@ -6,6 +6,8 @@ README.md; nothing between the markers is typed by hand. Sources:
 - ``recipe`` / ``recipe_synthetic`` / ``recipe_ensemble``: the newest
   ``benchmarks/results/recipe[_synthetic|_ensemble]_<date>.md`` (``benchmarks/recipe.py`` on
   real_selma / on the synthetic SSL benchmark / each seed against the ensemble of the seeds);
+- ``cfos_shift``: the newest ``benchmarks/results/cfos_shift_<date>.md`` (``benchmarks/cfos_shift.py``:
+  c-Fos trained on the other brain against on the scored brain), its tables as written;
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
   the run's date, machine and job times), copied from a workflow run's results folder by
   ``--study``;
@@ -91,6 +93,15 @@ def ssl_table(cases: pd.DataFrame) -> list[str]:
                     delta = f"{100 * diff.mean():+.1f} ({int((diff > 0).sum())} of {len(diff)})"
             lines.append(f"| {strategy} | {budget} | {len(rows)} | " + " | ".join(cells) + f" | {delta} |")
     return lines
+
+
+def result_section(name: str) -> str:
+    """The newest ``<name>_<date>.md`` as written (headline turned into a sourced sentence)."""
+    src = newest(name, ".md")
+    if src is None:
+        return f"_Not measured yet (`python benchmarks/{name}.py`)._\n"
+    lines = src.read_text().splitlines()
+    return "\n".join([f"From [{rel(src)}]({rel(src)}) — {lines[0].lstrip('# ')}:", *lines[1:]]).rstrip() + "\n"
 
 
 def ssl_real_section(name: str = "real_selma_ssl") -> str:
@@ -224,6 +235,7 @@ def performance_section() -> str:
 
 SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section("recipe_synthetic"),
             "recipe_ensemble": lambda: recipe_section("recipe_ensemble"),
+            "cfos_shift": lambda: result_section("cfos_shift"),
             "ssl_real": ssl_real_section, "performance": performance_section,
             "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
             "scaling_real": lambda: scaling_section("real_selma_scaling")}
