@@ -74,15 +74,13 @@ def component_counts(pred: np.ndarray, truth: np.ndarray) -> dict:
     """TP / FP predicted components, missed true cells, Dice, and Dice without the FP components."""
     import cc3d
 
+    from selma3d.evaluation.metrics import dice_2026 as dice
+
     lab = cc3d.connected_components(pred.astype(np.uint8), connectivity=26)
     hit = np.unique(lab[truth & (lab > 0)])
     kept = np.isin(lab, hit) & (lab > 0)
     cells = cc3d.connected_components(truth.astype(np.uint8), connectivity=26)
     found = np.unique(cells[pred & (cells > 0)])
-
-    def dice(a, b):
-        s = int(a.sum()) + int(b.sum())
-        return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
     return {"tp_components": int(len(hit)), "fp_components": int(lab.max()) - int(len(hit)),
             "cells": int(cells.max()), "cells_missed": int(cells.max()) - int(len(found)),

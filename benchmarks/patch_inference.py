@@ -49,11 +49,6 @@ def reference_probability(net, image: np.ndarray, roi, device, overlap: float) -
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
-
-
 def load_net(model: str | None, features, roi: int, device):
     import torch
 
@@ -95,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from selma3d.core.schema import schema_default
     from selma3d.data.manifest import read_manifest
     from selma3d.inference.patches import probability, segment_case
+    from selma3d.evaluation.metrics import dice_2026 as dice
     from selma3d.inference.postprocess import apply_postprocess
     from selma3d.training.finetune import normalize_image
 
@@ -135,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         gt = np.asarray(io.read_volume(truth[row.case]).data) > 0 if row.case in truth else None
         stored = (payload.get("postprocess") or {}).get("values", {}).get(row.structure)
-        for size, overlap in [(roi[0], args.overlap)] + sweep:
+        for i, (size, overlap) in enumerate([(roi[0], args.overlap)] + sweep):
             grid_roi = tuple(min(size, n) if size > roi[0] else size for n in raw.shape)
-            t = time.perf_counter()
-            prob = probability(net, norm, grid_roi, device, overlap, int(settings["sw_batch_size"]), settings["blend"])
-            t_grid = time.perf_counter() - t
+            if i == 0:  # the reference grid: the probability timed above
+                prob, t_grid = new, t_new
+            else:
+                t = time.perf_counter()
+                prob = probability(net, norm, grid_roi, device, overlap, int(settings["sw_batch_size"]),
+                                   settings["blend"])
+                t_grid = time.perf_counter() - t
             m = prob > float(settings["threshold"])
             calibrated = None if stored is None or gt is None else dice(
                 apply_postprocess(prob, stored["threshold"], stored["min_size"]).astype(bool), gt)

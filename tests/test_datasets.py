@@ -4,14 +4,13 @@ before anything that looks complete is written."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import snakemake
 
 from selma3d.data.download import download_manifest
 from selma3d.core.errors import InputError
@@ -22,11 +21,6 @@ from selma3d.preprocess.patchsets import collect_patch_files, list_patch_files, 
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "config" / "manifests"
-
-
-def snakemake(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def job_counts(stdout: str) -> dict[str, int]:
