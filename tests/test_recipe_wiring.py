@@ -185,6 +185,54 @@ def test_legacy_and_nnunet_recipes_both_train_and_differ(data, tmp_path):
     assert any(k.startswith("deep_supervision_heads") for k in nnunet["state_dict"])
 
 
+_SAME_SEED_RUN = """
+import sys, json, torch
+from selma3d.training.finetune import finetune, finetune_settings
+data, out = sys.argv[1], sys.argv[2]
+settings = finetune_settings(json.loads(sys.argv[3]))
+finetune(f"{data}/manifest.csv", f"{data}/split.csv", json.loads(sys.argv[4]), settings, f"{out}/model.pt",
+         f"{out}/train_log.csv", seed=0)
+"""
+
+
+def test_same_seed_same_weights_whatever_the_process_string_hash(tmp_path):
+    """Three categories with three losses in one batch: their terms are summed in a fixed order,
+    not in the order of a set of names, which follows the per-process string hash
+    (PYTHONHASHSEED); with three terms float addition is not associative, so the order shows."""
+    import os
+    import subprocess
+    import sys
+
+    from selma3d.data.manifest import annotated_pairs, read_manifest
+
+    rows = []
+    for k, (split, s) in enumerate((sp, s) for sp in ("train", "val")
+                                   for s in ("cfos_neuron", "cell_nuclei", "blood_vessel")):
+        img, gt = _blobs(k, 100 + 30 * k, 200, n=8)
+        io.write_nifti(tmp_path / f"{s}_{split}_0000.nii.gz", img, SPACING)
+        io.write_nifti(tmp_path / f"{s}_{split}.nii.gz", gt.astype(np.uint8), SPACING)
+        rows += [{"case": f"{s}_{split}", "role": role, "split": split, "structure": s, "spacing_um": "2,1,1",
+                  "path": f"{s}_{split}{suffix}.nii.gz"} for role, suffix in (("image", "_0000"), ("label", ""))]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    annotated_pairs(read_manifest(tmp_path / "manifest.csv"), "train").to_csv(tmp_path / "split.csv", index=False)
+    settings = {"recipe": "legacy", "steps": 2, "val_every": 2, "batch_size": 6, "val_overlap": 0.25,
+                "foreground_oversample": 1.0,
+                "loss": {"default": "dice_ce", "isolated_sparse": "blob", "isolated_dense": "focal_dice",
+                         "contiguous_dense": "cldice"}}
+    states, logs = [], []
+    for hash_seed in ("1", "2", "3", "4"):
+        out = tmp_path / f"run{hash_seed}"
+        out.mkdir()
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", _SAME_SEED_RUN, str(tmp_path), str(out), json.dumps(settings),
+                        json.dumps(TINY_DYN)], env=env, check=True, capture_output=True)
+        states.append(torch.load(out / "model.pt", weights_only=False)["state_dict"])
+        logs.append((out / "train_log.csv").read_text())
+    for other in states[1:]:
+        assert all(torch.equal(states[0][k], other[k]) for k in states[0])
+    assert logs[1:] == logs[:1] * (len(logs) - 1)  # the logged losses too, to the last digit
+
+
 def test_plan_calibration_and_infer_apply_per_structure_postprocessing(data, tmp_path):
     from selma3d.inference.calibrate import calibrate
     from selma3d.inference.patches import infer_test_split, probability

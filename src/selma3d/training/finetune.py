@@ -260,7 +260,8 @@ def finetune(manifest: str | Path, split_csv: str | Path, model_cfg: dict[str, A
     optimizer = R.build_optimizer(params, rec)
     losses_cfg = dict(settings["loss"])
     default_loss = losses_cfg.pop("default")
-    loss_fns = {name: build_loss(name) for name in {default_loss, *losses_cfg.values()}}
+    # sorted: the losses are summed in this order, which must not follow the per-process string hash
+    loss_fns = {name: build_loss(name) for name in sorted({default_loss, *losses_cfg.values()})}
     loss_fns = R.deep_supervision_losses(loss_fns, net)
     roi = tuple(int(s) for s in cfg["patch_size"])
     steps, bs = int(settings["steps"]), plan_batch or rec["batch_size"]
