@@ -3,9 +3,10 @@
 A section is the text between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
 README.md; nothing between the markers is typed by hand. Sources:
 
-- ``recipe`` / ``recipe_synthetic`` / ``recipe_ensemble``: the newest
-  ``benchmarks/results/recipe[_synthetic|_ensemble]_<date>.md`` (``benchmarks/recipe.py`` on
-  real_selma / on the synthetic SSL benchmark / each seed against the ensemble of the seeds);
+- ``recipe`` / ``recipe_synthetic`` / ``recipe_ensemble`` / ``recipe_optimizer``: the newest
+  ``benchmarks/results/recipe[_synthetic|_ensemble|_optimizer]_<date>.md`` (``benchmarks/recipe.py``
+  on real_selma / on the synthetic SSL benchmark / each seed against the ensemble of the seeds /
+  the nnunet recipe with AdamW against legacy);
 - ``cfos_shift``: the newest ``benchmarks/results/cfos_shift_<date>.md`` (``benchmarks/cfos_shift.py``:
   c-Fos trained on the other brain against on the scored brain), its tables as written;
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
@@ -253,6 +254,7 @@ def performance_section() -> str:
 
 SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section("recipe_synthetic"),
             "recipe_ensemble": lambda: recipe_section("recipe_ensemble"),
+            "recipe_optimizer": lambda: recipe_section("recipe_optimizer"),
             "cfos_shift": lambda: result_section("cfos_shift"),
             "ssl_real": ssl_real_section, "performance": performance_section,
             "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
