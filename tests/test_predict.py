@@ -4,6 +4,7 @@ reads stay block-sized, and the output is a valid OME-Zarr pyramid."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -194,6 +195,18 @@ def test_window_streams_split_a_batch_and_give_each_window_its_own_result():
         assert torch.get_num_threads() == 2
         assert sorted(seen) == [2, 3] and not got.requires_grad
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+        # the stream threads live as long as the context, not one call: reused, then stopped
+        threads = []
+
+        def where(t):
+            threads.append(threading.get_ident())
+            return net(t)
+
+        with window_streams(where, "cpu") as model:
+            model(x)
+            model(x)
+        assert len(threads) == 4 and len(set(threads)) == 2
+        assert model._pool._shutdown
         torch.set_num_threads(1)
         with window_streams(net, "cpu") as model:
             assert model is net  # one thread: the net itself

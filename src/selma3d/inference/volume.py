@@ -272,24 +272,25 @@ class BlockPredictor:
             origin = [a + p for a, p in zip(lo, g.pad_before)]  # accumulator start, padded coordinates
             windows = list(itertools.product(*self.owned(block)))
             self.windows += len(windows)
-            for i in range(0, len(windows), self.batch):
-                chunk = windows[i:i + self.batch]
-                crops = torch.stack([x[s[0] - box[0][0]:s[0] - box[0][0] + g.roi[0],
-                                       s[1] - box[1][0]:s[1] - box[1][0] + g.roi[1],
-                                       s[2] - box[2][0]:s[2] - box[2][0] + g.roi[2]] for s in chunk])[:, None]
-                with autocast(self.device, self.precision), window_streams(self.net, self.device) as net:
-                    out = net(crops)
-                out = out.float()[:, 0] * self.weight
-                for s, o in zip(chunk, out):
-                    # the window's part inside the volume, in window and accumulator coordinates
-                    w_sl, a_sl = [], []
-                    for a in range(3):
-                        a0 = max(int(s[a]), origin[a])
-                        a1 = min(int(s[a]) + g.roi[a], origin[a] + shape[a])
-                        w_sl.append(slice(a0 - int(s[a]), a1 - int(s[a])))
-                        a_sl.append(slice(a0 - origin[a], a1 - origin[a]))
-                    acc[(0, *a_sl)] += o[tuple(w_sl)]
-                    acc[(1, *a_sl)] += self.weight[tuple(w_sl)]
+            with window_streams(self.net, self.device) as net:  # one set of stream threads per block
+                for i in range(0, len(windows), self.batch):
+                    chunk = windows[i:i + self.batch]
+                    crops = torch.stack([x[s[0] - box[0][0]:s[0] - box[0][0] + g.roi[0],
+                                           s[1] - box[1][0]:s[1] - box[1][0] + g.roi[1],
+                                           s[2] - box[2][0]:s[2] - box[2][0] + g.roi[2]] for s in chunk])[:, None]
+                    with autocast(self.device, self.precision):
+                        out = net(crops)
+                    out = out.float()[:, 0] * self.weight
+                    for s, o in zip(chunk, out):
+                        # the window's part inside the volume, in window and accumulator coordinates
+                        w_sl, a_sl = [], []
+                        for a in range(3):
+                            a0 = max(int(s[a]), origin[a])
+                            a1 = min(int(s[a]) + g.roi[a], origin[a] + shape[a])
+                            w_sl.append(slice(a0 - int(s[a]), a1 - int(s[a])))
+                            a_sl.append(slice(a0 - origin[a], a1 - origin[a]))
+                        acc[(0, *a_sl)] += o[tuple(w_sl)]
+                        acc[(1, *a_sl)] += self.weight[tuple(w_sl)]
         for part in self.spill.take(tuple(lo)):
             acc[(slice(None), *(slice(0, n) for n in part.shape[1:]))] += torch.from_numpy(part).to(self.device)
         ranges = [range(0, n, self.block) for n in shape]

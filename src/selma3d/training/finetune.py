@@ -104,8 +104,13 @@ class ParallelWindows(torch.nn.Module):
     Each window's result is what ``net`` alone gives it (up to the kernel a batch size picks)."""
 
     def __init__(self, net: torch.nn.Module, streams: int):
+        from concurrent.futures import ThreadPoolExecutor
+
         super().__init__()
         self.net, self.streams = net, int(streams)
+        # one pool for every call: threads started per call cost about as much as the
+        # forward passes of small windows (benchmarks/inference.py)
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="selma3d-window")
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread: the caller's does not reach the workers
@@ -115,10 +120,11 @@ class ParallelWindows(torch.nn.Module):
         n = min(self.streams, x.shape[0])
         if n <= 1:
             return self.net(x)
-        from concurrent.futures import ThreadPoolExecutor
+        return torch.cat(list(self._pool.map(self._run, torch.tensor_split(x, n))))
 
-        with ThreadPoolExecutor(n) as pool:
-            return torch.cat(list(pool.map(self._run, torch.tensor_split(x, n))))
+    def close(self) -> None:
+        """Stop the stream threads (:func:`window_streams` does on exit)."""
+        self._pool.shutdown(wait=True)
 
 
 @contextlib.contextmanager
@@ -130,9 +136,11 @@ def window_streams(net: torch.nn.Module, device) -> Iterator[torch.nn.Module]:
         yield net
         return
     torch.set_num_threads(1)
+    streams = ParallelWindows(net, n)
     try:
-        yield ParallelWindows(net, n)
+        yield streams
     finally:
+        streams.close()
         torch.set_num_threads(n)
 
 
