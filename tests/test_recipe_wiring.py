@@ -28,27 +28,34 @@ def _blobs(seed, gain, offset, n=6, shape=(16, 32, 32)):
     return blob_volume(seed, gain, offset, n=n, shape=shape, margin=3)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Train 2 + val 1 + test 1 cases of two structures (+ an unseen test structure)."""
+def _write_dataset(folder, cases):
+    """NIfTI blob cases and their manifest + train split in ``folder``; ``cases``: (split,
+    structure, number of blobs) in order, named ``<structure>_<split><i>``."""
     from selma3d.data.manifest import annotated_pairs, read_manifest
 
-    folder = tmp_path_factory.mktemp("tiny")
-    rows, k = [], 0
-    for split, per in (("train", 2), ("val", 1), ("test", 1)):
-        for s in ["cfos_neuron", "blood_vessel"] + (["microglia"] if split == "test" else []):
-            for i in range(per):
-                name = f"{s}_{split}{i}"
-                img, gt = _blobs(k, 100 + 30 * k, 200, n=10 if s == "blood_vessel" else 6)
-                k += 1
-                io.write_nifti(folder / f"{name}_0000.nii.gz", img, SPACING)
-                io.write_nifti(folder / f"{name}.nii.gz", gt.astype(np.uint8), SPACING)
-                for role, path in (("image", f"{name}_0000.nii.gz"), ("label", f"{name}.nii.gz")):
-                    rows.append({"case": name, "role": role, "split": split, "structure": s,
-                                 "spacing_um": "2,1,1", "path": path})
+    rows, seen = [], {}
+    for k, (split, s, blobs) in enumerate(cases):
+        i = seen[(split, s)] = seen.get((split, s), -1) + 1
+        name = f"{s}_{split}{i}"
+        img, gt = _blobs(k, 100 + 30 * k, 200, n=blobs)
+        io.write_nifti(folder / f"{name}_0000.nii.gz", img, SPACING)
+        io.write_nifti(folder / f"{name}.nii.gz", gt.astype(np.uint8), SPACING)
+        for role, path in (("image", f"{name}_0000.nii.gz"), ("label", f"{name}.nii.gz")):
+            rows.append({"case": name, "role": role, "split": split, "structure": s,
+                         "spacing_um": "2,1,1", "path": path})
     pd.DataFrame(rows).to_csv(folder / "manifest.csv", index=False)
     annotated_pairs(read_manifest(folder / "manifest.csv"), "train").to_csv(folder / "split.csv", index=False)
     return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Train 2 + val 1 + test 1 cases of two structures (+ an unseen test structure)."""
+    return _write_dataset(tmp_path_factory.mktemp("tiny"), [
+        (split, s, 10 if s == "blood_vessel" else 6)
+        for split, per in (("train", 2), ("val", 1), ("test", 1))
+        for s in ["cfos_neuron", "blood_vessel"] + (["microglia"] if split == "test" else [])
+        for _ in range(per)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,18 +210,8 @@ def test_same_seed_same_weights_whatever_the_process_string_hash(tmp_path):
     import subprocess
     import sys
 
-    from selma3d.data.manifest import annotated_pairs, read_manifest
-
-    rows = []
-    for k, (split, s) in enumerate((sp, s) for sp in ("train", "val")
-                                   for s in ("cfos_neuron", "cell_nuclei", "blood_vessel")):
-        img, gt = _blobs(k, 100 + 30 * k, 200, n=8)
-        io.write_nifti(tmp_path / f"{s}_{split}_0000.nii.gz", img, SPACING)
-        io.write_nifti(tmp_path / f"{s}_{split}.nii.gz", gt.astype(np.uint8), SPACING)
-        rows += [{"case": f"{s}_{split}", "role": role, "split": split, "structure": s, "spacing_um": "2,1,1",
-                  "path": f"{s}_{split}{suffix}.nii.gz"} for role, suffix in (("image", "_0000"), ("label", ""))]
-    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    annotated_pairs(read_manifest(tmp_path / "manifest.csv"), "train").to_csv(tmp_path / "split.csv", index=False)
+    _write_dataset(tmp_path, [(split, s, 8) for split in ("train", "val")
+                              for s in ("cfos_neuron", "cell_nuclei", "blood_vessel")])
     settings = {"recipe": "legacy", "steps": 2, "val_every": 2, "batch_size": 6, "val_overlap": 0.25,
                 "foreground_oversample": 1.0,
                 "loss": {"default": "dice_ce", "isolated_sparse": "blob", "isolated_dense": "focal_dice",
