@@ -1,4 +1,6 @@
-"""``metrics.skeleton`` equals a plain whole-volume ``skimage.morphology.skeletonize`` on real masks.
+"""``metrics.skeleton`` equals a plain whole-volume ``skimage.morphology.skeletonize`` on real masks,
+the bit-packed ``metrics.euler_characteristic`` equals ``skimage.measure.euler_number``, and
+``case_metrics`` gives the same numbers with its skeletons thinned in background threads.
 
 ``skeleton`` runs scikit-image's thinning passes visiting only the voxels whose neighbourhood
 changed (``selma3d.evaluation.thinning``); these tests check, voxel for voxel,
@@ -96,6 +98,33 @@ def test_skeleton_identical_to_whole_volume_skeletonize_on_real_masks(real_data,
         if bad:
             differing.append(f"{name}: {bad} voxels")
     assert not differing, f"{len(differing)}/{n_cases} cases differ from skeletonize:\n" + "\n".join(differing)
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
+def test_euler_characteristic_equals_scikit_image_on_real_masks(real_data, group):
+    """The Euler characteristic counts bit-packed planes; scikit-image counts 2×2×2 configurations."""
+    from skimage.measure import euler_number
+
+    differing, n_cases = [], 0
+    for name, m in cases(load_masks(real_data, group)):
+        n_cases += 1
+        ours, ref = M.euler_characteristic(m), int(euler_number(np.pad(m, 1), connectivity=3))
+        if ours != ref:
+            differing.append(f"{name}: {ours} != {ref}")
+    assert n_cases and not differing, f"{len(differing)}/{n_cases} cases differ:\n" + "\n".join(differing)
+
+
+@pytest.mark.parametrize("group", ["cfos_brain753", "selma_lsmfm_val", "axon_trailmap"])
+def test_case_metrics_threaded_equal_sequential_on_real_masks(real_data, group):
+    """``threads=2`` (skeletons thinned beside the labelling) changes no number, NaNs included."""
+    for name, m in load_masks(real_data, group).items():
+        for kind, p in perturbations(m, 0).items():
+            for protocol in M.PROTOCOLS:
+                one = M.case_metrics(p, m, protocol)
+                two = M.case_metrics(p, m, protocol, threads=2)
+                assert one.keys() == two.keys()
+                for k in one:
+                    assert one[k] == two[k] or (np.isnan(one[k]) and np.isnan(two[k])), (name, kind, protocol, k)
 
 
 def test_skeleton_of_real_vessels_in_a_larger_volume_and_transposed(real_data):

@@ -113,7 +113,7 @@ def ground_truth_mask(gt: np.ndarray, ignore_label: int | None = None, backgroun
 
 
 def _evaluate_one(job: tuple) -> dict:
-    case, pred_path, gt_path, protocol, ignore_label, background_values, annotated_z = job
+    case, pred_path, gt_path, protocol, ignore_label, background_values, annotated_z, threads = job
     gt = read_volume(gt_path).data
     if pred_path is None:
         pred = np.zeros(gt.shape, dtype=bool)
@@ -123,7 +123,7 @@ def _evaluate_one(job: tuple) -> dict:
             raise InputError(pred_path, f"shape {gt.shape} of ground truth {Path(gt_path).name} (case {case})",
                              f"shape {pred.shape}")
     gt, ignore = ground_truth_mask(gt, ignore_label, background_values, annotated_z)
-    return case_metrics(pred, gt, protocol, ignore=ignore, case=case)
+    return case_metrics(pred, gt, protocol, ignore=ignore, case=case, threads=threads)
 
 
 def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
@@ -139,7 +139,9 @@ def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
     background (see :func:`ground_truth_mask`); ``label_rules``: per case, its own
     ``(ignore_label, background_values, annotated_z)`` (a manifest's label columns, see
     :func:`selma3d.data.manifest.label_rule`). Cases are scored in parallel processes when
-    ``workers > 1``; rows keep the input order.
+    ``workers > 1``; rows keep the input order. Workers left over when there are fewer cases
+    than workers (a whole brain, say) thin each case's skeletons beside its other metrics
+    (``case_metrics(threads=...)``).
     """
     from tqdm.auto import tqdm
 
@@ -156,6 +158,8 @@ def evaluate_pairs(pairs: list[tuple[str, Path | None, Path]], protocol: str,
         ign, bg, planes = (label_rules or {}).get(case, (ignore_label, background_values, None))
         jobs.append((case, None if pred is None else Path(pred), Path(gt), protocol, ign,
                      tuple(int(v) for v in bg), planes))
+    threads = max(1, workers // max(1, len(jobs)))
+    jobs = [(*job, threads) for job in jobs]
     seen = set()
     for case, *_ in jobs:
         if case in seen:

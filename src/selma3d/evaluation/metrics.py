@@ -238,13 +238,17 @@ def cldice_corrected(pred: np.ndarray, gt: np.ndarray) -> float:
 # Euler characteristic and Betti numbers
 
 
-def _or_shift(a: np.ndarray, axis: int) -> np.ndarray:
-    """OR of neighbours along ``axis``: one entry per lattice plane between voxel planes."""
-    lo = [slice(None)] * a.ndim
-    hi = [slice(None)] * a.ndim
-    lo[axis] = slice(None, -1)
-    hi[axis] = slice(1, None)
-    return np.logical_or(a[tuple(lo)], a[tuple(hi)])
+def _popcount(packed: np.ndarray) -> int:
+    """Set bits of a bit-packed array."""
+    return int(np.bitwise_count(packed).sum(dtype=np.int64))
+
+
+def _or_next_x(packed: np.ndarray) -> np.ndarray:
+    """OR of each voxel with its +x neighbour on rows bit-packed along x (``np.packbits``, first
+    voxel in the high bit): entry x is voxel x OR voxel x + 1 (the last entry is voxel X − 1 alone)."""
+    out = packed | (packed << 1)
+    out[..., :-1] |= packed[..., 1:] >> 7
+    return out
 
 
 def euler_characteristic(mask: np.ndarray) -> int:
@@ -252,23 +256,23 @@ def euler_characteristic(mask: np.ndarray) -> int:
 
     Equals ``skimage.measure.euler_number(mask, connectivity=3)``: χ = V − E + F − C of the
     union of closed voxel cubes, a vertex/edge/face being present when any voxel touching it is
-    foreground. Computed on the foreground's bounding box, padded by one voxel.
+    foreground. Computed on the foreground's bounding box, padded by one voxel, with the rows
+    bit-packed along x: a face, edge or vertex plane is the OR of neighbouring voxel planes, eight
+    voxels per byte, and the counts are popcounts. Padding makes the last entry of every x-OR
+    (voxel X − 1 of the pad, background) zero, so each count is exactly that of the unpacked planes.
     """
     m = binarize(mask, "mask")
     if not m.any():
         return 0
-    m = np.pad(m[_bbox(m)], 1)
-    cubes = np.count_nonzero(m)
-    a0, a1, a2 = _or_shift(m, 0), _or_shift(m, 1), _or_shift(m, 2)
-    faces = np.count_nonzero(a0) + np.count_nonzero(a1) + np.count_nonzero(a2)
-    del a2
-    a01 = _or_shift(a0, 1)
-    edges = np.count_nonzero(a01)  # edges parallel to x
-    edges += np.count_nonzero(_or_shift(a0, 2))  # parallel to y
-    del a0
-    edges += np.count_nonzero(_or_shift(a1, 2))  # parallel to z
-    del a1
-    verts = np.count_nonzero(_or_shift(a01, 2))
+    packed = np.packbits(np.pad(m[_bbox(m)], 1), axis=2)
+    cubes = _popcount(packed)
+    a0 = packed[:-1] | packed[1:]  # faces normal to z
+    a1 = packed[:, :-1] | packed[:, 1:]  # faces normal to y
+    faces = _popcount(a0) + _popcount(a1) + _popcount(_or_next_x(packed))
+    a01 = a0[:, :-1] | a0[:, 1:]
+    edges = _popcount(a01) + _popcount(_or_next_x(a0)) + _popcount(_or_next_x(a1))  # along x, y, z
+    del a0, a1
+    verts = _popcount(_or_next_x(a01))
     return int(verts - edges + faces - cubes)
 
 
@@ -383,11 +387,14 @@ def panoptic_quality(pred: np.ndarray, gt: np.ndarray, iou_threshold: float = IO
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.ndarray | None = None,
-                 case: str | None = None) -> dict[str, float]:
+                 case: str | None = None, threads: int = 1) -> dict[str, float]:
     """Every per-case metric of ``protocol`` ('selma3d2024' or 'selma3d2026'), whatever the category.
 
     ``ignore`` marks voxels without annotation; they become background in both masks first.
     ``cldice`` is the protocol's official variant; ``cldice_corrected`` the fixed one.
+    ``threads`` > 1 thins the two masks in ``threads - 1`` background threads (the compiled
+    thinning releases the GIL) while this thread labels, counts Betti numbers and matches
+    instances (cc3d and numpy hold it): the same numbers, in about half the time on two cores.
     """
     if protocol not in PROTOCOLS:
         raise InputError(case, f"protocol in {PROTOCOLS}", repr(protocol))
@@ -406,8 +413,20 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
     inter = int(np.count_nonzero(p & g))
     dice_value = dice_from_counts(inter, n_p, n_g, 2024 if protocol == "selma3d2024" else 2026)
 
-    lab_p, lab_g = _label26(p), _label26(g)
-    sp, sg = skeleton(p), skeleton(g)
+    pool = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=min(2, threads - 1))
+        skeletons = [pool.submit(skeleton, m) for m in (p, g)]
+    try:
+        lab_p, lab_g = _label26(p), _label26(g)
+        bp, bg = betti_numbers(p, lab_p), betti_numbers(g, lab_g)
+        inst = instance_scores(p, g, IOU_THRESHOLD_2026, lab_p, lab_g)
+        sp, sg = (f.result() for f in skeletons) if pool else (skeleton(p), skeleton(g))
+    finally:
+        if pool:
+            pool.shutdown(wait=True)
     ov = SkeletonOverlap(
         n_sp=int(np.count_nonzero(sp)), sp_in_g=int(np.count_nonzero(sp & g)),
         n_sg=int(np.count_nonzero(sg)), sg_in_p=int(np.count_nonzero(sg & p)), n_p=n_p, n_g=n_g,
@@ -416,13 +435,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
     del sp, sg
     cl = cldice_2024_from(ov) if protocol == "selma3d2024" else cldice_2026_from(ov)
 
-    if n_p == 0 and n_g == 0:
-        b_err = (0, 0)
-    else:
-        bp, bg = betti_numbers(p, lab_p), betti_numbers(g, lab_g)
-        b_err = (abs(bp[0] - bg[0]), abs(bp[1] - bg[1]))
-
-    inst = instance_scores(p, g, IOU_THRESHOLD_2026, lab_p, lab_g)
+    b_err = (abs(bp[0] - bg[0]), abs(bp[1] - bg[1]))
     return {
         "dice": dice_value,
         "cldice": cl,
