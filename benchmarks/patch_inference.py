@@ -10,7 +10,9 @@ binary masks are identical. Then the cost of test-time mirroring (8 flips) on on
 with ``--sweep ROI:OVERLAP ...`` other window grids on the same patches (the net is fully
 convolutional: a larger window, or less overlap, runs fewer windows): seconds per patch, Dice of
 the mask against the reference grid's mask and against the ground truth, so the cost of a
-faster grid is measured, not assumed.
+faster grid is measured, not assumed. Whether the goal can be met at equal output at all: the
+work of one patch (torch's FLOP counter) against this machine's fp32 matrix-multiply rate at the
+same thread count.
 
 The patches are real: the c-Fos brain 753 images of ``config/manifests/real_selma.csv``.
 ``--model`` takes a finetuned ``model.pt`` (recommended: a random net's probabilities sit near
@@ -47,6 +49,67 @@ def reference_probability(net, image: np.ndarray, roi, device, overlap: float) -
         logits = sliding_window_inference(x, roi, 4, net, overlap=overlap, mode="gaussian",
                                           padding_mode="reflect" if min(image.shape) > 1 else "constant")
     return torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+
+
+def matmul_gflops(threads: int, n: int = 1024, repeat: int = 5) -> float:
+    """This machine's fp32 matrix-multiply rate at ``threads`` torch threads (GFLOP/s, best of
+    ``repeat``): the practical ceiling of a convolution net's forward on the CPU."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def patch_gflop(net, norm: np.ndarray, roi, device, overlap: float, settings: dict) -> float:
+    """Floating-point work (GFLOP, torch's FLOP counter: convolutions and matrix products) of
+    one patch's sliding-window probability on the reference grid."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from selma3d.inference.patches import probability
+
+    with FlopCounterMode(display=False) as counter:
+        probability(net, norm, roi, device, overlap, int(settings["sw_batch_size"]), settings["blend"])
+    return counter.get_total_flops() / 1e9
+
+
+def forward_variants(net, roi, batch: int, repeat: int = 8) -> dict:
+    """Milliseconds per window of one batch of ``batch`` windows (best of ``repeat``, variants
+    alternating): the eager net (what the pipeline runs), TorchScript traced and frozen, and the
+    same with oneDNN graph fusion; max |logit difference| to eager. Measured, not adopted: the
+    question is how much a compiled graph could buy at the same output."""
+    import warnings
+
+    import torch
+
+    x = torch.randn(batch, 1, *roi, generator=torch.Generator().manual_seed(0))
+    variants = {"eager": net}
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings on shape checks (fixed window size)
+        try:
+            variants["frozen"] = torch.jit.freeze(torch.jit.trace(net, x))
+            torch.jit.enable_onednn_fusion(True)
+            variants["frozen_onednn"] = torch.jit.freeze(torch.jit.trace(net, x))
+        except Exception as err:  # noqa: BLE001 - a net TorchScript cannot trace: eager only
+            print(f"TorchScript variants skipped: {err}")
+        ref = net(x)
+        for f in variants.values():  # warm-up: oneDNN fuses on the first calls
+            f(x), f(x)
+        out = {k: {"max_abs_logit_diff": float((f(x) - ref).abs().max()), "ms_per_window": float("inf")}
+               for k, f in variants.items()}
+        for _ in range(repeat):
+            for k, f in variants.items():
+                t = time.perf_counter()
+                f(x)
+                out[k]["ms_per_window"] = min(out[k]["ms_per_window"], (time.perf_counter() - t) * 1000 / batch)
+        torch.jit.enable_onednn_fusion(False)
+    return out
 
 
 def load_net(model: str | None, features, roi: int, device):
@@ -149,6 +212,24 @@ def main(argv: list[str] | None = None) -> int:
                           "dice_vs_truth_stored_postprocess": calibrated,
                           "stored_postprocess": stored and {k: stored[k] for k in ("threshold", "min_size")}})
 
+    # is the goal reachable at equal output? the work of one patch against what this machine computes
+    gflop = patch_gflop(net, normalize_image(np.asarray(io.read_volume(rows.iloc[0].path).data, dtype=np.float32),
+                                             payload["normalize"], payload.get("normalize_stats")),
+                        roi, device, args.overlap, settings)
+    peak = matmul_gflops(args.threads)
+    torch.set_num_threads(args.threads)
+    bound = {"gflop_per_patch": gflop, "matmul_gflops": peak,
+             "achieved_gflops": gflop / float(np.mean([r["new_s"] for r in per])),
+             "gflops_needed_for_3s": gflop / 3.0, "seconds_at_matmul_rate": gflop / peak}
+    print(f"work per patch {gflop:.0f} GFLOP: {bound['achieved_gflops']:.0f} GFLOP/s achieved; 3 s/patch needs "
+          f"{bound['gflops_needed_for_3s']:.0f} GFLOP/s; fp32 matmul at {args.threads} thread(s) reaches {peak:.0f} "
+          f"GFLOP/s ({bound['seconds_at_matmul_rate']:.1f} s/patch at that rate)", flush=True)
+
+    forward = forward_variants(net, roi, int(settings["sw_batch_size"]))
+    print("forward per window: " + ", ".join(f"{k} {v['ms_per_window']:.1f} ms (max |dlogit| "
+                                              f"{v['max_abs_logit_diff']:.1e})" for k, v in forward.items()),
+          flush=True)
+
     tta = None
     if not args.no_tta:
         row = rows.iloc[0]
@@ -178,6 +259,16 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", (f"mean per patch: reference {ref_s:.2f} s, new {new_s:.2f} s (segment_case with post-processing "
                    f"{case_s:.2f} s); speed ratio reference / new = {ref_s / new_s:.2f}x; equal output: "
                    f"{'OK' if ok else 'FAIL'}")]
+    lines.append(f"work per patch on this grid: {bound['gflop_per_patch']:.0f} GFLOP (torch's FLOP counter); achieved "
+                 f"{bound['achieved_gflops']:.0f} GFLOP/s; 3 s/patch at equal output needs "
+                 f"{bound['gflops_needed_for_3s']:.0f} GFLOP/s, while fp32 matrix multiplication on "
+                 f"{args.threads} thread(s) of this machine reaches {bound['matmul_gflops']:.0f} GFLOP/s "
+                 f"(= {bound['seconds_at_matmul_rate']:.1f} s/patch if every FLOP ran at that rate)")
+    eager_ms = forward["eager"]["ms_per_window"]
+    lines.append("forward pass per window (batch of " + str(settings["sw_batch_size"]) + ", best of 8, alternating): "
+                 + "; ".join(f"{k} {v['ms_per_window']:.1f} ms ({eager_ms / v['ms_per_window']:.2f}x eager, max "
+                             f"|logit diff| {v['max_abs_logit_diff']:.1e})" for k, v in forward.items())
+                 + " — TorchScript variants measured, not used by the pipeline")
     if tta:
         lines.append(f"test-time mirroring (8 flips) on {tta['case']}: {tta['seconds']:.2f} s per patch "
                      f"({tta['seconds'] / case_s:.1f}x the unmirrored segment_case)")
@@ -212,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "sw_batch_size": {"reference": 4, "new": int(settings["sw_batch_size"])},
             "model_load_s": load_s, "patches": per, "reference_s_per_patch": ref_s, "new_s_per_patch": new_s,
             "segment_case_s_per_patch": case_s, "ratio": ref_s / new_s, "equal_output": ok, "tta": tta,
+            "compute_bound": bound, "forward_variants": forward,
             "grids": grids}, lines)
     return 0 if ok else 1
 

@@ -183,6 +183,14 @@ def _patch_rows(d: dict) -> list[dict]:
                         + (" (identical output)" if d["equal_output"] else " (output DIFFERS)"),
             "reference": f"{d['reference_s_per_patch']:.1f} s/patch (MONAI sliding window, as before)",
             "ratio": f"{d['ratio']:.2f}×", "goal": "≤ 3 s/patch"}]
+    bound = d.get("compute_bound")
+    if bound:  # can the goal be met at equal output on this machine at all?
+        out.append({"path": f"… the work of one patch on that grid: {bound['gflop_per_patch']:.0f} GFLOP (3 s/patch "
+                            f"needs {bound['gflops_needed_for_3s']:.0f} GFLOP/s)",
+                    "measured": f"{bound['achieved_gflops']:.0f} GFLOP/s achieved",
+                    "reference": f"{bound['matmul_gflops']:.0f} GFLOP/s (fp32 matrix multiply, {d['threads']} thread: "
+                                 f"{bound['seconds_at_matmul_rate']:.1f} s/patch at best)",
+                    "ratio": f"{bound['achieved_gflops'] / bound['matmul_gflops']:.2f} of it", "goal": "–"})
     grids = pd.DataFrame(d.get("grids") or [])
     if not grids.empty and "dice_vs_truth_stored_postprocess" in grids:
         grids["size"] = grids.roi.map(lambda r: r[0])
