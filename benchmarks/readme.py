@@ -176,6 +176,11 @@ def _inference_rows(d: dict) -> list[dict]:
              "ratio": f"{d['ratio']:.2f}×", "goal": "≥ 1.5×, same output, memory bounded by the block"}]
 
 
+def _row(path: str, measured: str, reference: str = "–", ratio: str = "–", goal: str = "–") -> dict:
+    """One row of the performance table."""
+    return {"path": path, "measured": measured, "reference": reference, "ratio": ratio, "goal": goal}
+
+
 def _patch_rows(d: dict) -> list[dict]:
     out = [{"path": f"test-patch inference, 100³ real c-Fos patch, {d['model']}, overlap {d['overlap']}, "
                     f"{d['threads']} thread, load average {d.get('load_average', '?').split()[0]}",
@@ -185,12 +190,12 @@ def _patch_rows(d: dict) -> list[dict]:
             "ratio": f"{d['ratio']:.2f}×", "goal": "≤ 3 s/patch"}]
     bound = d.get("compute_bound")
     if bound:  # can the goal be met at equal output on this machine at all?
-        out.append({"path": f"… the work of one patch on that grid: {bound['gflop_per_patch']:.0f} GFLOP (3 s/patch "
-                            f"needs {bound['gflops_needed_for_3s']:.0f} GFLOP/s)",
-                    "measured": f"{bound['achieved_gflops']:.0f} GFLOP/s achieved",
-                    "reference": f"{bound['matmul_gflops']:.0f} GFLOP/s (fp32 matrix multiply, {d['threads']} thread: "
-                                 f"{bound['seconds_at_matmul_rate']:.1f} s/patch at best)",
-                    "ratio": f"{bound['achieved_gflops'] / bound['matmul_gflops']:.2f} of it", "goal": "–"})
+        out.append(_row(f"… the work of one patch on that grid: {bound['gflop_per_patch']:.0f} GFLOP (3 s/patch needs "
+                        f"{bound['gflops_needed_for_3s']:.0f} GFLOP/s)",
+                        f"{bound['achieved_gflops']:.0f} GFLOP/s achieved",
+                        f"{bound['matmul_gflops']:.0f} GFLOP/s (fp32 matrix multiply, {d['threads']} thread: "
+                        f"{bound['seconds_at_matmul_rate']:.1f} s/patch at best)",
+                        f"{bound['achieved_gflops'] / bound['matmul_gflops']:.2f} of it"))
     grids = pd.DataFrame(d.get("grids") or [])
     if not grids.empty and "dice_vs_truth_stored_postprocess" in grids:
         grids["size"] = grids.roi.map(lambda r: r[0])
@@ -210,8 +215,7 @@ def _patch_rows(d: dict) -> list[dict]:
                                      f"(overlap {d['overlap']:g})",
                         "ratio": f"{ref.seconds / r.seconds:.2f}×", "goal": "≤ 3 s/patch"})
     if d.get("tta"):
-        out.append({"path": "… with test-time mirroring (8 flips)", "measured": f"{d['tta']['seconds']:.0f} s/patch",
-                    "reference": "–", "ratio": "–", "goal": "–"})
+        out.append(_row("… with test-time mirroring (8 flips)", f"{d['tta']['seconds']:.0f} s/patch"))
     return out
 
 
