@@ -19,6 +19,7 @@ extent). Read from the ``infer`` rule's masks.
 
     python benchmarks/cfos_shift.py                 # about 20 CPU-minutes on 2 cores
     python benchmarks/cfos_shift.py --steps 100     # quicker, noisier
+    python benchmarks/cfos_shift.py --variants across --steps 1500 --name cfos_shift_steps1500
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--mirror-axes", type=int, nargs="*", default=[])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--name", default="cfos_shift", help="results file stem: benchmarks/results/<name>_<date>.*")
     ap.add_argument("--keep", type=Path, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="selma3d_cfos_shift_") as tmp:
@@ -170,7 +172,7 @@ def main() -> None:
         d = part.set_index("case").dice
         lines.append(f"| {LABELS[variant]} | {strategy} | " + " | ".join(f"{100 * d[c]:.1f}" for c in SCORED) + " |")
     print("\n".join(lines))
-    write_results("cfos_shift", {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "keep"},
+    write_results(args.name, {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "keep"},
                                  "cases": table.to_dict("records"), "summary": summary.to_dict("records")}, lines)
 
 
