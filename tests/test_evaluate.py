@@ -116,6 +116,24 @@ def test_parallel_equals_serial(folders):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_workers_left_over_thread_the_single_case(folders, monkeypatch):
+    """One case and two workers: that case's metrics run with two threads (same numbers)."""
+    pred, gt = folders
+    pairs = E.pair_dirs(pred, gt)[:1]
+    seen = []
+    real = E.case_metrics
+
+    def spy(*args, threads=1, **kwargs):
+        seen.append(threads)
+        return real(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(E, "case_metrics", spy)
+    one = E.evaluate_pairs(pairs, "selma3d2026", workers=1, progress=False)
+    two = E.evaluate_pairs(pairs, "selma3d2026", workers=2, progress=False)
+    assert seen == [1, 2]
+    pd.testing.assert_frame_equal(one, two)
+
+
 def test_cli_end_to_end(folders, tmp_path):
     pred, gt = folders
     out, summary = tmp_path / "res" / "cases.csv", tmp_path / "res" / "summary.json"

@@ -300,7 +300,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--categories", type=Path, help="CSV case,structure,category overriding file-name prefixes")
     parser.add_argument("--missing", choices=MISSING_POLICIES, default="error",
                         help="what to do with a ground-truth case that has no prediction (default: error)")
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="parallel processes over cases; with fewer cases than workers, threads within a case "
+                             "(default 1)")
     parser.add_argument("--ignore-label", type=int, default=None,
                         help="ground-truth value marking unannotated voxels, excluded from all metrics")
     parser.add_argument("--background-values", type=int, nargs="+", default=[0], metavar="V",
