@@ -392,7 +392,7 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, protocol: str, ignore: np.nda
 
     ``ignore`` marks voxels without annotation; they become background in both masks first.
     ``cldice`` is the protocol's official variant; ``cldice_corrected`` the fixed one.
-    ``threads`` > 1 thins the two masks in ``threads - 1`` background threads (the compiled
+    ``threads`` > 1 thins the two masks in ``min(2, threads - 1)`` background threads (the compiled
     thinning releases the GIL) while this thread labels, counts Betti numbers and matches
     instances (cc3d and numpy hold it): the same numbers, in about 0.6 of the one-thread time on
     a 512³ vessel case (``benchmarks/metrics.py``).
