@@ -171,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no test images whose case starts with {args.cases!r} in the manifest")
 
     truth = {r.case: r.path for r in table[(table.split == "test") & (table.role == "label")].itertuples()}
-    per, grids = [], []
+    per, grids, first_norm = [], [], None
     for _, row in rows.iterrows():
         raw = np.asarray(io.read_volume(row.path).data, dtype=np.float32)
         norm = normalize_image(raw, payload["normalize"], payload.get("normalize_stats"))
+        first_norm = norm if first_norm is None else first_norm
         t = time.perf_counter()
         ref = reference_probability(net, norm, roi, device, args.overlap)
         t_ref = time.perf_counter() - t
@@ -213,11 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                           "stored_postprocess": stored and {k: stored[k] for k in ("threshold", "min_size")}})
 
     # is the goal reachable at equal output? the work of one patch against what this machine computes
-    gflop = patch_gflop(net, normalize_image(np.asarray(io.read_volume(rows.iloc[0].path).data, dtype=np.float32),
-                                             payload["normalize"], payload.get("normalize_stats")),
-                        roi, device, args.overlap, settings)
+    gflop = patch_gflop(net, first_norm, roi, device, args.overlap, settings)
     peak = matmul_gflops(args.threads)
-    torch.set_num_threads(args.threads)
     bound = {"gflop_per_patch": gflop, "matmul_gflops": peak,
              "achieved_gflops": gflop / float(np.mean([r["new_s"] for r in per])),
              "gflops_needed_for_3s": gflop / 3.0, "seconds_at_matmul_rate": gflop / peak}
