@@ -205,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                                    settings["blend"])
                 t_grid = time.perf_counter() - t
             m = prob > float(settings["threshold"])
-            calibrated = None if stored is None or gt is None else dice(
-                apply_postprocess(prob, stored["threshold"], stored["min_size"]).astype(bool), gt)
+            calibrated = None if stored is None or gt is None else dice(apply_postprocess(
+                prob, stored["threshold"], stored["min_size"], stored.get("peak", 0.0)).astype(bool), gt)
             grids.append({"case": row.case, "roi": list(grid_roi), "overlap": overlap, "seconds": t_grid,
                           "dice_vs_reference": dice(m, ref_mask),
                           "dice_vs_truth": None if gt is None else dice(m, gt),
                           "dice_vs_truth_stored_postprocess": calibrated,
-                          "stored_postprocess": stored and {k: stored[k] for k in ("threshold", "min_size")}})
+                          "stored_postprocess": stored and {k: stored.get(k, 0.0) for k in ("threshold", "min_size", "peak")}})
 
     # is the goal reachable at equal output? the work of one patch against what this machine computes
     gflop = patch_gflop(net, first_norm, roi, device, args.overlap, settings)

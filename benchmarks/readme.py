@@ -9,6 +9,8 @@ README.md; nothing between the markers is typed by hand. Sources:
   the nnunet recipe with AdamW against legacy);
 - ``cfos_shift``: the newest ``benchmarks/results/cfos_shift_<date>.md`` (``benchmarks/cfos_shift.py``:
   c-Fos trained on the other brain against on the scored brain), its tables as written;
+- ``postprocess``: the newest ``benchmarks/results/postprocess_<date>.md`` (``benchmarks/postprocess.py``:
+  the peak filter's search against the plain one, calibrated on each brain), as written;
 - ``ssl_real``: ``docs/studies/real_selma_ssl/`` (per-case scores, the label-efficiency figure and
   the run's date, machine and job times), copied from a workflow run's results folder by
   ``--study``;
@@ -270,6 +272,7 @@ SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section
             "recipe_ensemble": lambda: recipe_section("recipe_ensemble"),
             "recipe_optimizer": lambda: recipe_section("recipe_optimizer"),
             "cfos_shift": lambda: result_section("cfos_shift"),
+            "postprocess": lambda: result_section("postprocess"),
             "ssl_real": ssl_real_section, "performance": performance_section,
             "scaling_synthetic": lambda: scaling_section("ssl_scaling"),
             "scaling_real": lambda: scaling_section("real_selma_scaling")}

@@ -88,16 +88,17 @@ def test_case_postprocess_per_structure_else_infer_settings():
     from selma3d.inference.patches import case_postprocess
 
     s = {"threshold": 0.5, "min_component_size": 0}
-    payload = {"postprocess": {"per": "structure", "values": {"cfos_neuron": {"threshold": 0.7, "min_size": 5},
-                                                              "cell_nuclei": {"threshold": 0.4, "min_size": 2}}}}
-    assert case_postprocess(payload, s, "cfos_neuron") == (0.7, 5)
-    assert case_postprocess(payload, s, "cell_nuclei") == (0.4, 2)
-    assert case_postprocess(payload, s, "microglia") == (0.5, 0)  # unseen structure
-    assert case_postprocess(payload, s, None) == (0.5, 0)
-    assert case_postprocess({}, s, "cfos_neuron") == (0.5, 0)
+    payload = {"postprocess": {"per": "structure", "values": {"cfos_neuron": {"threshold": 0.7, "min_size": 5,
+                                                                              "peak": 0.99},
+                                                              "cell_nuclei": {"threshold": 0.4, "min_size": 2}}}}  # calibrated before peaks: none
+    assert case_postprocess(payload, s, "cfos_neuron") == (0.7, 5, 0.99)
+    assert case_postprocess(payload, s, "cell_nuclei") == (0.4, 2, 0.0)
+    assert case_postprocess(payload, s, "microglia") == (0.5, 0, 0.0)  # unseen structure
+    assert case_postprocess(payload, s, None) == (0.5, 0, 0.0)
+    assert case_postprocess({}, s, "cfos_neuron") == (0.5, 0, 0.0)
     per_category = {"postprocess": {"per": "category", "values": {"isolated_sparse": {"threshold": 0.3, "min_size": 4}}}}
-    assert case_postprocess(per_category, s, "cfos_neuron") == (0.3, 4)  # c-Fos is isolated sparse
-    assert case_postprocess(payload, {**s, "use_stored_postprocess": False}, "cfos_neuron") == (0.5, 0)
+    assert case_postprocess(per_category, s, "cfos_neuron") == (0.3, 4, 0.0)  # c-Fos is isolated sparse
+    assert case_postprocess(payload, {**s, "use_stored_postprocess": False}, "cfos_neuron") == (0.5, 0, 0.0)
 
 
 def test_segment_case_takes_the_tta_path_when_mirror_axes_are_set():

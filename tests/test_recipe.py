@@ -325,6 +325,77 @@ def test_threshold_and_min_size_selection_finds_the_known_best():
     assert best_on_grid(table[:2], [0.6, 0.4], [4, 2])["threshold"] == 0.4
 
 
+def _reference_peak_filter(prob, threshold, min_size, peak):
+    """Plain scipy: 26-connected components of prob > threshold, each kept when it has at least
+    ``min_size`` voxels and its highest probability exceeds ``peak``."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(prob > threshold, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(n + 1, bool)
+    for i in range(1, n + 1):
+        comp = labels == i
+        keep[i] = comp.sum() >= min_size and prob[comp].max() > peak
+    return keep[labels]
+
+
+def test_peak_filter_equals_a_plain_reference_and_the_grid_equals_applying_it():
+    """Hysteresis as post-processing: apply_postprocess equals a scipy reference for every
+    (threshold, min size, peak), and every cell of the search's Dice grid equals the Dice of the
+    applied mask (annotated voxels only), so the search picks what infer then applies."""
+    from scipy import ndimage
+
+    from selma3d.inference.postprocess import apply_postprocess, select_threshold_and_min_size
+    from selma3d.training.threshold_search import dice_grid
+
+    rng = np.random.default_rng(3)
+    probs, gts, igs = [], [], []
+    for _ in range(3):
+        p = ndimage.gaussian_filter(rng.random((18, 20, 22)), 1.2)
+        p = (p - p.min()) / (p.max() - p.min())
+        probs.append(p.astype(np.float32))
+        gts.append(ndimage.gaussian_filter(rng.random(p.shape), 1.5) > 0.52)
+        igs.append(rng.random(p.shape) < 0.1)
+    thresholds, min_sizes, peaks = [0.5, 0.6, 0.7], [0, 3, 20], [0.0, 0.65, 0.8, 0.9]
+    table = dice_grid(probs, gts, igs, thresholds, min_sizes, peaks)
+    assert table.shape == (3, 4, 3, 3)
+    assert np.array_equal(table[:, 0], dice_grid(probs, gts, igs, thresholds, min_sizes))  # peak 0: no filter
+    changed = 0
+    for t, thr in enumerate(thresholds):
+        for k, peak in enumerate(peaks):
+            for j, m in enumerate(min_sizes):
+                for c, (p, g, ig) in enumerate(zip(probs, gts, igs)):
+                    mask = apply_postprocess(p, thr, m, peak).astype(bool)
+                    assert np.array_equal(mask, _reference_peak_filter(p, thr, m, peak))
+                    inter, size = (mask & g & ~ig).sum(), (mask & ~ig).sum() + (g & ~ig).sum()
+                    assert table[t, k, j, c] == pytest.approx(2 * inter / size if size else 1.0, abs=1e-12)
+                    changed += not np.array_equal(mask, apply_postprocess(p, thr, m))
+    assert changed  # the peaks do remove components here
+    best = select_threshold_and_min_size(probs, gts, igs, thresholds=thresholds, min_sizes=min_sizes, peaks=peaks)
+    flat = table.mean(axis=3)
+    assert best["score"] == pytest.approx(flat.max()) and best["peak"] in peaks
+    # a peak grid of 0 alone: no filter
+    assert select_threshold_and_min_size(probs, gts, igs, thresholds=thresholds, min_sizes=min_sizes,
+                                         peaks=[0.0])["peak"] == 0.0
+
+
+def test_peak_search_removes_faint_specks_and_prefers_no_filter_on_ties():
+    """Confident cells and faint false components of the same size: only a peak removes the
+    specks; where the filter changes nothing, the search keeps peak 0."""
+    from selma3d.inference.postprocess import select_threshold_and_min_size
+    from selma3d.training.threshold_search import best_on_grid
+
+    prob, gt = np.zeros((24, 24, 24), np.float32), np.zeros((24, 24, 24), bool)
+    for c in [(2, 2, 2), (2, 12, 12), (12, 2, 18)]:
+        sl = tuple(slice(a, a + 4) for a in c)
+        prob[sl], gt[sl] = 0.8, True
+        prob[c[0] + 1, c[1] + 1, c[2] + 1] = 0.99
+    prob[18:22, 18:22, 2:6] = 0.8  # as large and as bright at the threshold, never confident
+    best = select_threshold_and_min_size([prob], [gt], thresholds=[0.5, 0.9], min_sizes=[0, 8], peaks=[0.0, 0.95])
+    assert (best["threshold"], best["min_size"], best["peak"], best["score"]) == (0.5, 0, 0.95, 1.0)
+    table = np.ones((1, 2, 1, 1))
+    assert best_on_grid(table, [0.5], [0], peaks=[0.9, 0.0])["peak"] == 0.0
+
+
 # ---------------------------------------------------------------------------------------------
 # classical baseline
 

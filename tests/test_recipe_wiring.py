@@ -21,7 +21,7 @@ TINY_DYN = {"backbone": "dynunet", "patch_size": [16, 32, 32], "spacing": list(S
             "max_filters": 16}
 INFER = {"overlap": 0.25, "sw_batch_size": 4, "blend": "gaussian", "mirror_axes": [0, 1, 2],
          "postprocess": {"select_on_validation": True, "per": "structure", "thresholds": [0.3, 0.5, 0.7],
-                         "min_sizes": [0, 5]}}
+                         "min_sizes": [0, 5], "peaks": [0, 0.9]}}
 
 
 def _blobs(seed, gain, offset, n=6, shape=(16, 32, 32)):
@@ -68,7 +68,7 @@ def _plain(v):
 
 def test_schema_defaults_equal_the_library_defaults():
     from selma3d.augment.pipeline import DEFAULTS
-    from selma3d.inference.postprocess import MIN_SIZES, THRESHOLDS
+    from selma3d.inference.postprocess import MIN_SIZES, PEAKS, THRESHOLDS
     from selma3d.training.plan import CONFIG_NAMES, NOT_SETTINGS, PLAN_DEFAULTS
 
     cfg = schema_config({})
@@ -77,6 +77,7 @@ def test_schema_defaults_equal_the_library_defaults():
     assert {k: _plain(v) for k, v in DEFAULTS.items()} == aug
     pp = cfg["infer"]["postprocess"]
     assert pp["thresholds"] == list(THRESHOLDS) and pp["min_sizes"] == list(MIN_SIZES)
+    assert pp["peaks"] == list(PEAKS)
     plan = {CONFIG_NAMES.get(k, k): v for k, v in cfg["plan"].items() if k not in NOT_SETTINGS}
     # foreground_oversample: null = finetune.foreground_oversample; deep supervision: finetune.deep_supervision
     differ = {k for k in PLAN_DEFAULTS if k in plan and plan[k] != PLAN_DEFAULTS[k]} - {"foreground_oversample"}
@@ -259,29 +260,39 @@ def test_plan_calibration_and_infer_apply_per_structure_postprocessing(data, tmp
     assert set(stored["values"]) == {"cfos_neuron", "blood_vessel"} and stored["per"] == "structure"
     for v in stored["values"].values():
         assert v["threshold"] in (0.3, 0.5, 0.7) and v["min_size"] in (0, 5) and v["n_cases"] == 1
+        assert v["peak"] in (0.0, 0.9)
         assert v["score"] >= v["default_score"] - 1e-12
     _, reloaded = load_model(tmp_path / "model.pt", "cpu")
     assert reloaded["postprocess"] == stored
 
-    # infer applies each structure's values (here set by hand to be unmistakable), the fixed
-    # threshold to the structure never calibrated
+    # infer applies each structure's values (here set by hand to be unmistakable: the vessel's
+    # peak keeps only the component of its most confident voxel), the fixed threshold to the
+    # structure never calibrated
+    from selma3d.inference.patches import keep_peaked_components, remove_small_components
+
+    net, payload = load_model(tmp_path / "model.pt", "cpu")
+    probs = {}
+    for structure in ("cfos_neuron", "blood_vessel", "microglia"):
+        image = io.read_volume(data / f"{structure}_test0_0000.nii.gz").data
+        norm = normalize_image(np.asarray(image, np.float32), payload["normalize"], payload["normalize_stats"])
+        probs[structure] = probability(net, norm, tuple(payload["config"]["patch_size"]), torch.device("cpu"), 0.25,
+                                       4, "gaussian", (0, 1, 2))
+    vessel_thr = float(np.quantile(probs["blood_vessel"], 0.9))
+    vessel_peak = float(np.nextafter(probs["blood_vessel"].max(), 0))
+    above = probs["blood_vessel"] > vessel_thr
+    assert 0 < keep_peaked_components(above, probs["blood_vessel"], vessel_peak).sum() < above.sum()
     reloaded = torch.load(tmp_path / "model.pt", weights_only=False)
     reloaded["postprocess"]["values"] = {"cfos_neuron": {"threshold": 0.02, "min_size": 0},
-                                         "blood_vessel": {"threshold": 0.6, "min_size": 3}}
+                                         "blood_vessel": {"threshold": vessel_thr, "min_size": 3, "peak": vessel_peak}}
     torch.save(reloaded, tmp_path / "model.pt")
     out = tmp_path / "pred"
     infer_test_split(tmp_path / "model.pt", data / "manifest.csv", out, overlap=0.25, threshold=0.4,
                      min_component_size=0, mirror_axes=(0, 1, 2), progress=False)
-    net, payload = load_model(tmp_path / "model.pt", "cpu")
-    expect = {"cfos_neuron": (0.02, 0), "blood_vessel": (0.6, 3), "microglia": (0.4, 0)}
-    from selma3d.inference.patches import remove_small_components
+    expect = {"cfos_neuron": (0.02, 0, 0.0), "blood_vessel": (vessel_thr, 3, vessel_peak), "microglia": (0.4, 0, 0.0)}
 
-    for structure, (thr, ms) in expect.items():
-        image = io.read_volume(data / f"{structure}_test0_0000.nii.gz").data
-        norm = normalize_image(np.asarray(image, np.float32), payload["normalize"], payload["normalize_stats"])
-        prob = probability(net, norm, tuple(payload["config"]["patch_size"]), torch.device("cpu"), 0.25, 4,
-                           "gaussian", (0, 1, 2))
-        want = remove_small_components(prob > thr, ms).astype(np.uint8)
+    for structure, (thr, ms, peak) in expect.items():
+        prob = probs[structure]
+        want = remove_small_components(keep_peaked_components(prob > thr, prob, peak), ms).astype(np.uint8)
         got = np.asarray(io.read_volume(out / f"{structure}_test0.nii.gz").data)
         assert np.array_equal(got, want), structure
 

@@ -5,13 +5,13 @@ The ``finetune`` rule calls :func:`calibrate` after training (``infer.postproces
 select_on_validation``): it predicts every annotated case of the val split exactly as ``infer``
 will (the model's normalisation, sliding window with ``infer.overlap``, ``sw_batch_size``,
 ``blend`` and test-time mirroring over ``infer.mirror_axes``), searches
-``infer.postprocess.thresholds`` × ``min_sizes`` for the best mean Dice per group
+``infer.postprocess.thresholds`` × ``peaks`` × ``min_sizes`` for the best mean Dice per group
 (:func:`selma3d.inference.postprocess.select_per_structure`) and writes, atomically, into
 ``model.pt``::
 
     {"postprocess": {"per": "structure", "split": "val", "mirror_axes": [0, 1, 2],
-                     "values": {<structure>: {"threshold", "min_size", "score", "default_score",
-                                              "n_cases"}}}}
+                     "values": {<structure>: {"threshold", "min_size", "peak", "score",
+                                              "default_score", "n_cases"}}}}
 
 :func:`selma3d.inference.patches.infer_test_split` applies a group's values to the test cases of
 that group and ``infer.threshold`` / ``min_component_size`` to the rest.
@@ -44,7 +44,7 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
         model_path: a finetuned ``model.pt`` (rewritten in place, atomically).
         manifest: the dataset's local manifest.
         settings: the ``infer`` config block: ``overlap``, ``sw_batch_size``, ``blend``,
-            ``mirror_axes`` and ``postprocess`` (``per``, ``thresholds``, ``min_sizes``).
+            ``mirror_axes`` and ``postprocess`` (``per``, ``thresholds``, ``min_sizes``, ``peaks``).
         split: the cases to calibrate on.
     Returns:
         what was stored under ``postprocess`` (empty when the manifest has no such cases:
@@ -79,8 +79,8 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
         fg, ign = binarize_label(io.read_volume(row["label"]).data, *rule)  # the row's own rule wins
         labels.append(fg.astype(bool)), ignores.append(ign), groups.append(str(row[per]))
     chosen = select_per_structure(probs, labels, groups, ignores, thresholds=pp["thresholds"],
-                                  min_sizes=pp["min_sizes"])
-    values = {g: {"threshold": r["threshold"], "min_size": r["min_size"], "score": r["score"],
+                                  min_sizes=pp["min_sizes"], peaks=pp["peaks"])
+    values = {g: {"threshold": r["threshold"], "min_size": r["min_size"], "peak": r["peak"], "score": r["score"],
                   "default_score": r["default_score"], "n_cases": len(r["per_case"])} for g, r in chosen.items()}
     stored = {"per": per, "split": split, "mirror_axes": list(mirror), "values": values}
     raw = torch.load(model_path, map_location="cpu", weights_only=False)
@@ -88,6 +88,6 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
     with atomic_path(model_path) as tmp:
         torch.save(raw, tmp)
     for g, v in values.items():
-        log.info("calibrated %s %s on %d %s cases: threshold %.2f, min size %d, Dice %.4f (0.5 / none: %.4f)",
-                 per, g, v["n_cases"], split, v["threshold"], v["min_size"], v["score"], v["default_score"])
+        log.info("calibrated %s %s on %d %s cases: threshold %.2f, min size %d, peak %g, Dice %.4f (0.5 / none: %.4f)",
+                 per, g, v["n_cases"], split, v["threshold"], v["min_size"], v["peak"], v["score"], v["default_score"])
     return stored

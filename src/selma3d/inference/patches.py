@@ -28,6 +28,22 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     return cc3d.dust(mask.astype(np.uint8), threshold=min_size, connectivity=26, in_place=False).astype(mask.dtype)
 
 
+def keep_peaked_components(mask: np.ndarray, score: np.ndarray, peak: float) -> np.ndarray:
+    """The 26-connected components of ``mask`` holding a voxel of ``score > peak``, whole
+    (hysteresis); ``mask`` itself when no voxel of it scores at or below ``peak``."""
+    mask = np.asarray(mask, bool)
+    seeds = np.asarray(score) > float(peak)
+    if not mask.any() or not (mask & ~seeds).any():
+        return mask
+    import cc3d
+
+    labels = cc3d.connected_components(mask.astype(np.uint8), connectivity=26)
+    kept = np.zeros(int(labels.max()) + 1, dtype=bool)
+    kept[labels[seeds & mask]] = True
+    kept[0] = False
+    return kept[labels]
+
+
 def probability(net, image: np.ndarray, roi, device, overlap: float = schema_default("infer.overlap"),
                 sw_batch_size: int = schema_default("infer.sw_batch_size"),
                 blend: str = schema_default("infer.blend"), mirror_axes: tuple[int, ...] | None = None) -> np.ndarray:
@@ -95,7 +111,7 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
     only when every case is written. ``mirror_axes`` (e.g. ``(0, 1, 2)``) turns on test-time
     mirroring (:func:`selma3d.inference.tta.predict_with_tta`). A model calibrated on validation
     (``postprocess`` in ``model.pt``) thresholds and cleans each case with its structure's (or
-    category's) values; ``threshold`` and ``min_component_size`` apply to the others. A
+    category's) values (threshold, minimum size, peak); ``threshold`` and ``min_component_size`` apply to the others. A
     ``threshold`` strategy's parameters file is applied by :func:`infer_classical`.
     """
     from selma3d.training import classical
@@ -110,7 +126,7 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
     stored = payload.get("postprocess") if use_stored_postprocess else None
     if stored:
         log.info("post-processing calibrated on %s per %s: %s", stored.get("split", "val"), stored["per"],
-                 {k: (v["threshold"], v["min_size"]) for k, v in stored["values"].items()})
+                 {k: (v["threshold"], v["min_size"], v.get("peak", 0.0)) for k, v in stored["values"].items()})
     images = _images(manifest, split)
     written = []
     with atomic_path(out_dir) as tmp:
@@ -134,14 +150,15 @@ def infer_test_split(model_path: str | Path, manifest: str | Path, out_dir: str 
 CASE_SETTINGS = ("overlap", "threshold", "sw_batch_size", "blend", "min_component_size")
 
 
-def case_postprocess(payload: dict, settings: dict, structure: str | None = None) -> tuple[float, int]:
-    """(threshold, min component size) for one case.
+def case_postprocess(payload: dict, settings: dict, structure: str | None = None) -> tuple[float, int, float]:
+    """(threshold, min component size, peak) for one case.
 
     A model calibrated on validation (:func:`selma3d.inference.calibrate.calibrate`) stores
     ``payload["postprocess"] = {"per": "structure" | "category", "values": {key: {"threshold": t,
-    "min_size": m}, ...}}``; a case whose structure (or its category) was calibrated uses those
-    values, any other case (unknown or unseen structure, or ``use_stored_postprocess`` false) the
-    ``infer`` settings ``threshold`` and ``min_component_size``.
+    "min_size": m, "peak": p}, ...}}``; a case whose structure (or its category) was calibrated uses
+    those values (``peak`` 0, no peak filter, for models calibrated before it existed), any other
+    case (unknown or unseen structure, or ``use_stored_postprocess`` false) the ``infer`` settings
+    ``threshold`` and ``min_component_size`` and no peak filter.
     """
     threshold, min_size = float(settings["threshold"]), int(settings["min_component_size"])
     stored = payload.get("postprocess") if settings.get("use_stored_postprocess", True) else None
@@ -156,15 +173,15 @@ def case_postprocess(payload: dict, settings: dict, structure: str | None = None
                 key = None
         chosen = stored.get("values", {}).get(key)
         if chosen:
-            return float(chosen["threshold"]), int(chosen["min_size"])
-    return threshold, min_size
+            return float(chosen["threshold"]), int(chosen["min_size"]), float(chosen.get("peak", 0.0))
+    return threshold, min_size, 0.0
 
 
 def segment_case(net, payload: dict, image: np.ndarray, settings: dict, structure: str | None = None,
                  source: str | Path | None = None) -> np.ndarray:
     """Binary uint8 mask (z, y, x) of one image: the model's normalisation, sliding-window
-    probabilities (mirrored over ``settings["mirror_axes"]`` when set), threshold and removal of
-    small components (:func:`case_postprocess`).
+    probabilities (mirrored over ``settings["mirror_axes"]`` when set), threshold, removal of
+    small components and of components without a voxel above the peak (:func:`case_postprocess`).
 
     Args:
         net, payload: from :func:`selma3d.training.finetune.load_model` (the net on its device).
@@ -192,5 +209,5 @@ def segment_case(net, payload: dict, image: np.ndarray, settings: dict, structur
     norm = normalize_image(data, structure_normalization(payload, structure), payload.get("normalize_stats"))
     prob = probability(net, norm, roi, device, float(s["overlap"]), int(s["sw_batch_size"]), s["blend"],
                        s.get("mirror_axes"))
-    threshold, min_size = case_postprocess(payload, s, structure)
-    return remove_small_components(prob > threshold, min_size).astype(np.uint8)
+    threshold, min_size, peak = case_postprocess(payload, s, structure)
+    return remove_small_components(keep_peaked_components(prob > threshold, prob, peak), min_size).astype(np.uint8)
