@@ -15,6 +15,10 @@ component only if its highest probability exceeds the peak), each calibrated thr
 * ``all of 753 (in-sample)``: on the 8 scored patches themselves (what real_selma's val = test
   split reports; an upper bound, not a result).
 
+The classical ``threshold`` strategy (``selma3d.training.classical.fit``: per-case percentile or
+Otsu threshold and minimum size) is fitted on the same cases, so each protocol ranks the nets
+against the classical detector calibrated the same way.
+
 Probabilities come from the library's path (the model's normalisation, Gaussian sliding window,
 ``--mirror-axes``); grids are the workflow schema's. Models: ``finetune/scratch/full/*/model.pt``
 of ``python benchmarks/cfos_shift.py --variants across --seed S --keep DIR``::
@@ -40,14 +44,24 @@ from cfos_shift import component_counts
 
 REAL = REPO.parent / "shared" / "data" / "real"
 SEARCHES = ("threshold × min size", "threshold × min size × peak")
+CLASSICAL = "classical threshold (no net)"
 PROTOCOLS = ("brain 695", "other half of 753", "all of 753 (in-sample)")
 
 
-def predict(model: Path, brain: int, mirror_axes: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(probability, truth) of the 8 c-Fos patches of ``brain``, as ``infer`` predicts them."""
+def read_brain(brain: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(raw image, truth) of the 8 c-Fos patches of ``brain``."""
+    from selma3d import io
+
+    return [(np.asarray(io.read_volume(REAL / f"cfos_brain{brain}/raw/patchvolume_{brain}_{k}.nii.gz").data,
+                        np.float32),
+             np.asarray(io.read_volume(REAL / f"cfos_brain{brain}/gt/patchvolume_{brain}_{k}.nii.gz").data) > 0)
+            for k in range(8)]
+
+
+def predict(model: Path, cases, mirror_axes: tuple[int, ...]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(probability, truth) of each (raw image, truth) of ``cases``, as ``infer`` predicts them."""
     import torch
 
-    from selma3d import io
     from selma3d.inference.patches import probability
     from selma3d.training.finetune import load_model, normalize_image
     from selma3d.training.plan import structure_normalization
@@ -55,14 +69,25 @@ def predict(model: Path, brain: int, mirror_axes: tuple[int, ...]) -> list[tuple
     net, payload = load_model(model, torch.device("cpu"))
     roi = tuple(int(s) for s in payload["config"]["patch_size"])
     method = structure_normalization(payload, "cfos_neuron")
-    out = []
-    for k in range(8):
-        image = np.asarray(io.read_volume(REAL / f"cfos_brain{brain}/raw/patchvolume_{brain}_{k}.nii.gz").data,
-                           np.float32)
-        truth = np.asarray(io.read_volume(REAL / f"cfos_brain{brain}/gt/patchvolume_{brain}_{k}.nii.gz").data) > 0
-        x = normalize_image(image, method, payload.get("normalize_stats"))
-        out.append((probability(net, x, roi, torch.device("cpu"), mirror_axes=mirror_axes), truth))
-    return out
+    return [(probability(net, normalize_image(image, method, payload.get("normalize_stats")), roi,
+                         torch.device("cpu"), mirror_axes=mirror_axes), truth) for image, truth in cases]
+
+
+def classical_rows(fit, scored) -> tuple[dict, list[dict]]:
+    """The classical detector fitted on ``fit`` (raw image, truth) pairs and scored on ``scored``."""
+    from selma3d.training import classical
+
+    params = classical.fit([i for i, _ in fit], [t for _, t in fit])
+    chosen = params["structures"]["foreground"]
+    rows = [component_counts(classical.predict(i, params).astype(bool), t) for i, t in scored]
+    return {"threshold": chosen["threshold"], "min_size": chosen["min_size"], "peak": None,
+            "score": chosen["train_dice"], "method": chosen["method"]}, rows
+
+
+def protocols(train, val) -> dict:
+    """protocol -> folds, each (cases to calibrate on, indices of brain 753's scored cases)."""
+    return {PROTOCOLS[0]: [(train, range(8))], PROTOCOLS[1]: [(val[:4], range(4, 8)), (val[4:], range(4))],
+            PROTOCOLS[2]: [(val, range(8))]}
 
 
 def calibrate_and_score(fit, scored, grids: dict, peaks) -> tuple[dict, list[dict]]:
@@ -87,14 +112,21 @@ def main() -> None:
 
     grids = schema_default("infer.postprocess")
     searches = {SEARCHES[0]: [0.0], SEARCHES[1]: grids["peaks"]}
-    rows, chosen = [], []
+    missing = [str(m) for m in args.models if not m.is_file()]
+    if missing:
+        sys.exit(f"{', '.join(missing)}: expected finetuned model.pt files, found no such file")
+    raw_train, raw_val = read_brain(695), read_brain(753)
+    rows, chosen, fixed = [], [], []  # fixed: the classical detector's rows, the same for every net
+    for protocol, folds in protocols(raw_train, raw_val).items():
+        for fit, scored in folds:
+            best, counts = classical_rows(fit, [raw_val[k] for k in scored])
+            chosen.append({"model": None, "protocol": protocol, "search": CLASSICAL, **best})
+            fixed += [{"protocol": protocol, "search": CLASSICAL, "case": k, **c} for k, c in zip(scored, counts)]
+    print("classical threshold: done", flush=True)
     for m, model in enumerate(args.models):
-        if not model.is_file():
-            sys.exit(f"{model}: expected a finetuned model.pt, found no such file")
-        train, val = predict(model, 695, tuple(args.mirror_axes)), predict(model, 753, tuple(args.mirror_axes))
-        plans = {PROTOCOLS[0]: [(train, range(8))], PROTOCOLS[1]: [(val[:4], range(4, 8)), (val[4:], range(4))],
-                 PROTOCOLS[2]: [(val, range(8))]}
-        for protocol, folds in plans.items():
+        train, val = predict(model, raw_train, tuple(args.mirror_axes)), predict(model, raw_val, tuple(args.mirror_axes))
+        rows += [{"model": m, **r} for r in fixed]
+        for protocol, folds in protocols(train, val).items():
             for search, peaks in searches.items():
                 for fit, scored in folds:
                     best, counts = calibrate_and_score(fit, [val[k] for k in scored], grids, peaks)
@@ -104,6 +136,8 @@ def main() -> None:
                              for k, c in zip(scored, counts)]
         print(f"model {m}: done", flush=True)
     table = pd.DataFrame(rows)
+    table["order"] = table.protocol.map(PROTOCOLS.index)
+    table = table.sort_values(["order", "model"], kind="stable")
     per_model = table.groupby(["protocol", "search", "model"], sort=False).agg(
         dice=("dice_recomputed", "mean"), fp=("fp_components", "sum"), missed=("cells_missed", "sum"),
         cells=("cells", "sum")).reset_index()
@@ -128,9 +162,14 @@ def main() -> None:
               " | ".join(f"model {m}" for m in range(n)) + " |", "|---|---|" + "---|" * n]
     for (protocol, search), part in per_model.groupby(["protocol", "search"], sort=False):
         lines.append(f"| {protocol} | {search} | " + " | ".join(f"{100 * d:.1f}" for d in part.dice) + " |")
-    lines += ["", "chosen (threshold, min size, peak) per model and fold:", ""]
-    for (protocol, search), part in pd.DataFrame(chosen).groupby(["protocol", "search"], sort=False):
+    lines += ["", "chosen (threshold, min size, peak) per model and fold; the classical detector's (method, "
+              "threshold, min size) per fold:", ""]
+    picks = pd.DataFrame(chosen)
+    picks["order"] = picks.protocol.map(PROTOCOLS.index)
+    for (protocol, search), part in picks.sort_values("order", kind="stable").groupby(["protocol", "search"],
+                                                                                      sort=False):
         lines.append(f"- {protocol}, {search}: " + "; ".join(
+            f"({r.method}, {r.threshold:g}, {r.min_size})" if search == CLASSICAL else
             f"({r.threshold:g}, {r.min_size}, {r.peak:g})" for r in part.itertuples()))
     print("\n".join(lines))
     write_results(args.name, {"machine": machine(), "args": {"models": n, "mirror_axes": args.mirror_axes},
