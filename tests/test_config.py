@@ -289,7 +289,7 @@ def test_library_defaults_are_the_schemas():
     from selma3d.data.download import download_manifest
     from selma3d.evaluation.evaluate import evaluate_manifest_split
     from selma3d.inference.patches import infer_test_split
-    from selma3d.inference.volume import predict_volume
+    from selma3d.inference.volume import predict_from_checkpoint, predict_volume
     from selma3d.preprocess.ingest import ingest_volume
     from selma3d.preprocess.patchify import patchify_volume
     from selma3d.preprocess.patchsets import collect_patch_files
@@ -312,7 +312,9 @@ def test_library_defaults_are_the_schemas():
                                                      "min_component_size")},
         evaluate_manifest_split: {"workers": "evaluate.workers", "ignore_label": "finetune.ignore_label"},
         predict_volume: {k: f"segment.{k}" for k in ("overlap", "block", "batch", "probability", "threshold",
-                                                     "prob_dtype", "levels", "precision")},
+                                                     "prob_dtype", "levels", "precision")}
+        | {"min_size": "segment.min_component_size"},
+        predict_from_checkpoint: {"use_stored_postprocess": "segment.use_stored_postprocess"},
     }
     for fn, params in checks.items():
         sig = inspect.signature(fn).parameters

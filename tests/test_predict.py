@@ -243,3 +243,101 @@ def test_local_normalisation_blockwise_equals_the_whole_volume(tmp_path, shape, 
 
     got = ZarrReader(out).read_slab(0, shape[0]).astype(np.float32)
     assert np.abs(got - reference(tiny_net(), data, (16, 16, 16), 0.25, local_contrast)).max() < 1e-3
+
+
+def test_mask_with_component_filtering_equals_postprocessing_the_whole_array(tmp_path):
+    """min_size and peak on a whole volume: the slab-wise component pass gives what
+    apply_postprocess gives on MONAI's whole-volume probability, pyramid included."""
+    import zarr
+
+    from selma3d.inference.postprocess import apply_postprocess
+
+    data = volume((41, 40, 36), seed=6)
+    net, roi = tiny_net(4), (16, 16, 16)
+    norm = volume_normalizer(io.ArrayReader(data), "percentile")
+    prob = reference(net, data, roi, 0.25, norm)
+    thr = float(np.quantile(prob, 0.8))
+    peak = float(np.quantile(prob, 0.97))
+    want = apply_postprocess(prob, thr, 6, peak)
+    assert 0 < want.sum() < (prob > thr).sum()  # the filter removes something and keeps something
+    out = predict_volume(net, io.ArrayReader(data), tmp_path / "m.ome.zarr", roi, overlap=0.25, block=12, levels=1,
+                         threshold=thr, min_size=6, peak=peak, device=torch.device("cpu"))
+    group = zarr.open_group(str(out), mode="r")
+    level0 = np.asarray(group["0"])
+    assert (level0 != want).sum() <= 5  # voxels within float rounding of the threshold may flip (242 filtered)
+    padded = np.pad(level0, [(0, s % 2) for s in level0.shape], mode="edge")
+    assert np.array_equal(np.asarray(group["1"]), padded.reshape(21, 2, 20, 2, 18, 2).max(axis=(1, 3, 5)))
+    attrs = group.attrs["selma3d"]
+    assert (attrs["threshold"], attrs["min_component_size"], attrs["peak"]) == (thr, 6, peak)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ome.zarr"]  # the probability store is gone
+
+
+def test_a_checkpoints_calibrated_postprocessing_reaches_whole_volumes(tmp_path, caplog):
+    from selma3d.inference.volume import predict_from_checkpoint
+    from selma3d.nets.models import build_segmentation_net
+
+    cfg = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4]}
+    torch.manual_seed(0)
+    net = build_segmentation_net(cfg)
+    calibrated = {"threshold": 0.3, "min_size": 4, "peak": 0.45}
+    torch.save({"config": cfg, "state_dict": net.state_dict(), "normalize": "percentile",
+                "postprocess": {"per": "structure", "values": {"cfos_neuron": calibrated}}}, tmp_path / "model.pt")
+    data = volume((36, 34, 34), seed=7)
+    import zarr
+
+    def attrs(name, **kw):
+        out = predict_from_checkpoint(tmp_path / "model.pt", io.ArrayReader(data), tmp_path / name,
+                                      device=torch.device("cpu"), block=24, levels=0, **kw)
+        a = zarr.open_group(str(out), mode="r").attrs["selma3d"]
+        return a["threshold"], a["min_component_size"], a["peak"]
+
+    assert attrs("a.ome.zarr", structure="cfos_neuron") == (0.3, 4, 0.45)
+    assert attrs("b.ome.zarr", structure="cfos_neuron", use_stored_postprocess=False, threshold=0.6) == (0.6, 0, 0.0)
+    with caplog.at_level("WARNING"):
+        assert attrs("c.ome.zarr", structure="vessel", min_size=2) == (0.5, 2, 0.0)
+    assert "calibrated for ['cfos_neuron'], not for structure 'vessel'" in caplog.text
+
+
+def test_segment_volume_rule_script_passes_the_segment_block(tmp_path, repo):
+    """The rule script with the schema's segment block: the model's calibrated post-processing
+    for the volume's structure reaches the mask."""
+    import runpy
+    import sys
+    from types import SimpleNamespace
+
+    import zarr
+
+    from helpers import schema_config
+    from selma3d.nets.models import build_segmentation_net
+
+    cfg = {"backbone": "unet", "patch_size": [32, 32, 32], "features": [4, 4, 8, 8, 16, 4]}
+    torch.manual_seed(1)
+    torch.save({"config": cfg, "state_dict": build_segmentation_net(cfg).state_dict(), "normalize": "percentile",
+                "postprocess": {"per": "category", "values": {"isolated_sparse": {"threshold": 0.4, "min_size": 3,
+                                                                                   "peak": 0.0}}}},
+               tmp_path / "model.pt")
+    io.write_tiff_series(tmp_path / "brain", volume((34, 33, 40), seed=8))
+    segment = schema_config()["segment"]
+    smk = SimpleNamespace(input=SimpleNamespace(model=str(tmp_path / "model.pt"), volume=str(tmp_path / "brain")),
+                          output=SimpleNamespace(prediction=str(tmp_path / "pred.ome.zarr")),
+                          params=SimpleNamespace(settings={k: v for k, v in segment.items()
+                                                           if k not in ("volumes", "runs", "structures")},
+                                                 structure="cfos_neuron"),
+                          log=[str(tmp_path / "segment.log")])
+    import logging
+
+    root = logging.getLogger()
+    stderr, handlers, level, threads = sys.stderr, root.handlers[:], root.level, torch.get_num_threads()
+    try:
+        runpy.run_path(str(repo / "workflow" / "scripts" / "segment_volume.py"), init_globals={"snakemake": smk})
+    finally:  # the script sends stderr and logging to its log file and sets torch's threads
+        for h in root.handlers:
+            h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.stderr.close()
+        sys.stderr = stderr
+        torch.set_num_threads(threads)
+    assert "components of at least 3 voxels" in (tmp_path / "segment.log").read_text()
+    attrs = zarr.open_group(str(tmp_path / "pred.ome.zarr"), mode="r").attrs["selma3d"]
+    assert (attrs["kind"], attrs["threshold"], attrs["min_component_size"]) == ("mask", 0.4, 3)

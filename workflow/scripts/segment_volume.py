@@ -11,5 +11,6 @@ configure_threads()
 s = dict(snakemake.params.settings)  # the segment block, schema defaults filled in
 predict_from_checkpoint(snakemake.input.model, snakemake.input.volume, snakemake.output.prediction,
                         block=s["block"], overlap=s["overlap"], batch=s["batch"], probability=s["probability"],
-                        prob_dtype=s["prob_dtype"], threshold=s["threshold"], levels=s["levels"],
+                        prob_dtype=s["prob_dtype"], threshold=s["threshold"], min_size=s["min_component_size"],
+                        use_stored_postprocess=s["use_stored_postprocess"], levels=s["levels"],
                         precision=s["precision"], structure=snakemake.params.structure)

@@ -303,6 +303,10 @@ class BlockPredictor:
         return head[0] / head[1]
 
 
+#: planes per slab of the component pass (memory: about 9 bytes per voxel of a slab)
+COMPONENT_SLAB = 32
+
+
 def downsample2(block: np.ndarray, how: str) -> np.ndarray:
     """Halve each axis (odd ends padded by edge): ``max`` for masks, ``mean`` for probabilities."""
     pad = [(0, s % 2) for s in block.shape]
@@ -322,6 +326,7 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
                    batch: int = schema_default("segment.batch"),
                    probability: bool = schema_default("segment.probability"),
                    threshold: float = schema_default("segment.threshold"),
+                   min_size: int = schema_default("segment.min_component_size"), peak: float = 0.0,
                    prob_dtype: str = schema_default("segment.prob_dtype"), levels: int = schema_default("segment.levels"),
                    blend: str = schema_default("infer.blend"), device: torch.device | None = None,
                    precision: str = schema_default("segment.precision"), spacing=None,
@@ -339,6 +344,11 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
         block: output block side (rounded up to a multiple of ``2**levels``); memory is about
             (block + 2 roi)^3 floats.
         probability: write the probability instead of the mask ``prob > threshold``.
+        min_size, peak: for a mask, drop the 26-connected components of fewer than ``min_size``
+            voxels or with no voxel of probability above ``peak`` (a model's calibrated
+            post-processing, :func:`selma3d.inference.patches.case_postprocess`), exactly as
+            on a whole array: the probability goes to a float32 store beside the output first,
+            then :func:`selma3d.inference.components.filter_components` writes the mask slab by slab.
         prob_dtype: ``float16`` or ``uint8`` (probability x 255, rounded).
         levels: extra pyramid levels, each halving every axis (max for masks, mean otherwise).
     """
@@ -362,7 +372,10 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
     scales = [tuple(s * 2**lv for s in sp) for lv in range(levels + 1)]
     translations = [tuple(t + s * (2**lv - 1) / 2 for s, t in zip(sp, shift)) for lv in range(levels + 1)]
     kind = "probability" if probability else "mask"
+    filtered = not probability and (int(min_size) > 1 or float(peak) > float(threshold))
     meta = {"selma3d": {"kind": kind, "threshold": None if probability else float(threshold),
+                        "min_component_size": None if probability else int(min_size),
+                        "peak": None if probability else float(peak),
                         "scale": 255 if (probability and dtype == np.uint8) else 1,
                         "roi": list(grid.roi), "overlap": overlap, "blend": blend,
                         "normalization": {"method": norm.method, "a": norm.a, "b": norm.b},
@@ -380,6 +393,8 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
 
     def to_output(logits: torch.Tensor) -> np.ndarray:
         prob = torch.sigmoid(logits)
+        if filtered:  # the probability, for the component pass
+            return prob.cpu().numpy()
         if not probability:
             return (prob > threshold).to(torch.uint8).cpu().numpy()
         if dtype == np.uint8:
@@ -396,13 +411,17 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
                                  name=Path(output).name, ngff_version=ngff_version, method=how,
                                  method_metadata={"description": f"2x2x2 {how} per level"}, attributes=meta)
 
-        def write(b, data):
+        def write(b, data, arrays=arrays):
             for lv, arr in enumerate(arrays):
                 if lv:
                     data = downsample2(data, how)
                 z0, y0, x0 = (lo // 2**lv for lo, _ in b)
                 arr[z0:z0 + data.shape[0], y0:y0 + data.shape[1], x0:x0 + data.shape[2]] = data
 
+        prob_store = None
+        if filtered:
+            (prob_store,) = create_ome_zarr(Path(spill) / "probability.ome.zarr", shapes[:1], np.float32,
+                                            (chunks,) * 3, scales[:1])
         with ThreadPoolExecutor(1) as reads, ThreadPoolExecutor(1) as writes:
             pending = reads.submit(load, blocks[0])
             written = None
@@ -413,13 +432,23 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
                 out = to_output(predictor.logits(b, box, region))
                 if written is not None:
                     written.result()
-                written = writes.submit(write, b, out)
+                written = writes.submit(write, b, out, [prob_store] if filtered else arrays)
                 if progress or (i + 1) % max(1, len(blocks) // 10) == 0:
                     log.info("block %d/%d, %.3g voxels/s", i + 1, len(blocks),
                              sum(np.prod([hi - lo for lo, hi in bb]) for bb in blocks[:i + 1])
                              / max(1e-9, time.perf_counter() - t0))
             if written is not None:
                 written.result()
+        if filtered:
+            from selma3d.inference.components import filter_components
+
+            Y, X = reader.shape[1:]
+            slab = factor * math.ceil(COMPONENT_SLAB / factor)  # pyramid levels halve whole slabs
+            stats = filter_components(lambda z0, z1: prob_store[z0:z1], reader.shape,
+                                      lambda z0, m: write(((z0, z0 + len(m)), (0, Y), (0, X)), m),
+                                      threshold, min_size, peak, slab=slab, progress=progress)
+            log.info("components: %d found, %d kept (min size %d, peak %g)", stats["components"], stats["kept"],
+                     int(min_size), float(peak))
     reader.close()
     elapsed = time.perf_counter() - t0
     log.info("wrote %s: %.1f s, %.3g voxels/s, %d windows (the grid has %d)", output, elapsed,
@@ -427,15 +456,43 @@ def predict_volume(net: torch.nn.Module, source, output: str | Path, roi: Sequen
     return Path(output)
 
 
+def stored_postprocess(payload: dict, structure: str | None, threshold: float, min_size: int,
+                       use_stored: bool = schema_default("segment.use_stored_postprocess")) -> tuple[float, int, float]:
+    """(threshold, min component size, peak) of a whole volume showing ``structure``: what the
+    model calibrated on validation for it (or its category), as for a test patch
+    (:func:`selma3d.inference.patches.case_postprocess`); else ``threshold`` and ``min_size``, no peak."""
+    from selma3d.inference.patches import case_postprocess
+
+    settings = {"threshold": threshold, "min_component_size": min_size, "use_stored_postprocess": use_stored}
+    chosen = case_postprocess(payload, settings, structure)
+    stored = (payload.get("postprocess") or {}).get("values") or {}
+    unset = {"threshold": float("nan"), "min_component_size": -1}  # what case_postprocess returns uncalibrated
+    if use_stored and stored and np.isnan(case_postprocess(payload, unset, structure)[0]):
+        log.warning("the model holds post-processing calibrated for %s, not for structure %r: threshold %g, "
+                    "minimum component size %d (segment.structures names a volume's structure)",
+                    sorted(stored), structure, threshold, min_size)
+    return chosen
+
+
 def predict_from_checkpoint(model: str | Path, source, output: str | Path, device: torch.device | None = None,
-                            structure: str | None = None, **kwargs) -> Path:
+                            structure: str | None = None,
+                            use_stored_postprocess: bool = schema_default("segment.use_stored_postprocess"),
+                            **kwargs) -> Path:
     """Load a finetuned model (``finetune.py``'s ``model.pt``) and run :func:`predict_volume`
     with its patch size and normalisation (that of ``structure`` when the model normalised
-    structures differently, else its default)."""
+    structures differently, else its default) and, for a mask, the post-processing it
+    calibrated for ``structure`` (:func:`stored_postprocess`)."""
     from selma3d.training.finetune import load_model
 
     device = device or pick_device()
     net, payload = load_model(model, device)
+    if not kwargs.get("probability", schema_default("segment.probability")):
+        thr, min_size, peak = stored_postprocess(
+            payload, structure, kwargs.get("threshold", schema_default("segment.threshold")),
+            kwargs.get("min_size", schema_default("segment.min_component_size")), use_stored_postprocess)
+        log.info("mask: probability > %g, components of at least %d voxels%s", thr, min_size,
+                 f" with a voxel above {peak:g}" if peak > thr else "")
+        kwargs.update(threshold=thr, min_size=min_size, peak=peak)
     roi = [int(s) for s in payload["config"]["patch_size"]]  # the network config load_model resolved
     roi = roi * 3 if len(roi) == 1 else roi
     from selma3d.training.plan import structure_normalization
@@ -467,7 +524,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probability", action="store_true", help="write the probability, not the mask")
     parser.add_argument("--prob-dtype", choices=["float16", "uint8"], default="float16",
                         help="probability storage: float16 or uint8 scaled to 0-255")
-    parser.add_argument("--threshold", type=float, default=0.5, help="mask = probability > threshold")
+    parser.add_argument("--threshold", type=float, default=schema_default("segment.threshold"),
+                        help="mask = probability > threshold, where the model holds no calibrated value for "
+                             "--structure (default %(default)s)")
+    parser.add_argument("--min-component-size", type=int, default=schema_default("segment.min_component_size"),
+                        help="drop mask components of fewer voxels, where the model holds no calibrated value "
+                             "for --structure (default %(default)s)")
+    parser.add_argument("--no-stored-postprocess", action="store_true",
+                        help="ignore the threshold, component size and peak the model calibrated on validation")
     parser.add_argument("--levels", type=int, default=2, help="downsampled pyramid levels (default 2)")
     parser.add_argument("--blend", choices=["gaussian", "constant"], default="gaussian")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
@@ -475,8 +539,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    parser.add_argument("--structure", help="the structure the volume shows (e.g. cfos_neuron), for a model that "
-                                            "normalises structures differently (default: its default normalisation)")
+    parser.add_argument("--structure", help="the structure the volume shows (e.g. cfos_neuron): the model's "
+                                            "normalisation and calibrated post-processing for it (default: its "
+                                            "default normalisation, --threshold and --min-component-size)")
     parser.add_argument("--ngff-version", choices=["0.4", "0.5"], default="0.5")
 
 
@@ -491,7 +556,9 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device) if args.device else None
     predict_from_checkpoint(args.model, args.input, args.output, device=device, overlap=args.overlap,
                             block=args.block, batch=args.batch, probability=args.probability,
-                            prob_dtype=args.prob_dtype, threshold=args.threshold, levels=args.levels,
+                            prob_dtype=args.prob_dtype, threshold=args.threshold,
+                            min_size=args.min_component_size,
+                            use_stored_postprocess=not args.no_stored_postprocess, levels=args.levels,
                             blend=args.blend, spacing=args.spacing, precision=args.precision,
                             ngff_version=args.ngff_version, structure=args.structure)
     return 0
