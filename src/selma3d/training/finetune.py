@@ -118,8 +118,8 @@ class ParallelWindows(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # at least two windows a stream: torch's CPU convolution leaves oneDNN for its im2col
-        # kernel on a batch of one small-channel 3D input, 3.7x slower a window for the c-Fos
-        # UNet at 32³ (two streams of one window took 5x longer than one stream of two)
+        # kernel on a batch of one small-channel 3D input, several times slower a window
+        # (benchmarks/window_batch.py)
         n = min(self.streams, x.shape[0] // 2)
         if n <= 1:
             return self.net(x)
