@@ -19,7 +19,7 @@ The patches are real: the c-Fos brain 753 images of ``config/manifests/real_selm
 0.5, where float rounding flips voxels); without it, a seeded random half-width UNet.
 
     python benchmarks/patch_inference.py --model results/real_selma/finetune/scratch/full/ball_s0/model.pt \
-        --sweep 32:0.25 48:0.25 64:0.25 100:0
+        --sweep 32:0.5 48:0.25 64:0.25 100:0
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="finetuned model.pt (default: random half-width UNet)")
     p.add_argument("--features", type=int, nargs=6, default=[16, 16, 32, 64, 128, 16])
     p.add_argument("--roi", type=int, default=32)
-    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--overlap", type=float, default=None, help="window overlap (default: infer.overlap's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake gives each job one per core)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time mirroring measurement")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     from selma3d.inference.postprocess import apply_postprocess
     from selma3d.training.finetune import normalize_image
 
+    if args.overlap is None:
+        args.overlap = float(schema_default("infer.overlap"))
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     t0 = time.perf_counter()

@@ -360,7 +360,8 @@ def test_export_cli_uses_the_config_and_records_leaderboard_scores(tmp_path, cap
                str(tmp_path / "leaderboard" / "leaderboard.csv"), "--allow-dirty"])
     assert rc == 0 and "SELMA3D 2025 algorithm (exec API) of run mae/full/b2_s0" in capsys.readouterr().out
     m = json.loads((tmp_path / "build" / "manifest.json").read_text())
-    assert m["inference"]["overlap"] == 0.5 and m["inference"]["min_component_size"] == 0  # config, then schema
+    assert m["inference"]["mirror_axes"] == [] and m["inference"]["overlap"] == 0.25  # config, then schema
+    assert m["inference"]["min_component_size"] == 0
     board = m["leaderboard"]["selma3d2026"]
     assert board["final_rank"] == 1.25  # Dice rank 1, PQ/clDice tied (1.5), per category
     assert board["groups"]["isolated_sparse"]["dice"]["mean"] == 0.8

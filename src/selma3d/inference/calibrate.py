@@ -37,6 +37,24 @@ log = logging.getLogger(__name__)
 GROUPINGS = ("structure", "category")
 
 
+def annotated_cases(manifest: str | Path, split: str, payload: dict) -> list[dict[str, Any]]:
+    """The annotated cases of ``split``, as the model sees them: per case (sorted by name) its
+    manifest row, the image under the model's normalisation for its structure (``image``), and
+    its truth (``label``, bool) and unannotated voxels (``ignore``, or None) by the row's rule."""
+    from selma3d.training.finetune import normalize_image
+    from selma3d.training.plan import structure_normalization
+
+    out = []
+    for _, row in annotated_pairs(read_manifest(manifest), split).sort_values("case").iterrows():
+        data = np.asarray(io.read_volume(row["image"]).data, dtype=np.float32)
+        image = normalize_image(data, structure_normalization(payload, row.get("structure")),
+                                payload.get("normalize_stats"))
+        rule = label_rule(row, payload.get("ignore_label"), tuple(payload.get("background_values", (0,))))
+        fg, ign = binarize_label(io.read_volume(row["label"]).data, *rule)  # the row's own rule wins
+        out.append({"row": row, "image": image, "label": fg.astype(bool), "ignore": ign})
+    return out
+
+
 def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, Any], split: str = "val") -> dict:
     """Choose and store the post-processing of ``model_path`` on the ``split`` cases.
 
@@ -52,32 +70,25 @@ def calibrate(model_path: str | Path, manifest: str | Path, settings: dict[str, 
     """
     from selma3d.inference.patches import probability
     from selma3d.inference.postprocess import select_per_structure
-    from selma3d.training.finetune import load_model, normalize_image
-    from selma3d.training.plan import structure_normalization
+    from selma3d.training.finetune import load_model
 
     pp = settings["postprocess"]
     per = pp["per"]
     if per not in GROUPINGS:
         raise io.InputError(None, f"infer.postprocess.per one of {list(GROUPINGS)}", repr(per))
-    pairs = annotated_pairs(read_manifest(manifest), split).sort_values("case")
-    if pairs.empty:
+    device = pick_device()
+    net, payload = load_model(model_path, device)
+    cases = annotated_cases(manifest, split, payload)
+    if not cases:
         log.warning("no annotated %s cases in %s: post-processing not calibrated (infer uses its fixed threshold)",
                     split, manifest)
         return {}
-    device = pick_device()
-    net, payload = load_model(model_path, device)
     roi = tuple(int(s) for s in payload["config"]["patch_size"])
     mirror = tuple(int(a) for a in settings["mirror_axes"])
-    probs, labels, ignores, groups = [], [], [], []
-    for _, row in pairs.iterrows():
-        data = np.asarray(io.read_volume(row["image"]).data, dtype=np.float32)
-        norm = normalize_image(data, structure_normalization(payload, row.get("structure")),
-                               payload.get("normalize_stats"))
-        probs.append(probability(net, norm, roi, device, float(settings["overlap"]), int(settings["sw_batch_size"]),
-                                 settings["blend"], mirror))
-        rule = label_rule(row, payload.get("ignore_label"), tuple(payload.get("background_values", (0,))))
-        fg, ign = binarize_label(io.read_volume(row["label"]).data, *rule)  # the row's own rule wins
-        labels.append(fg.astype(bool)), ignores.append(ign), groups.append(str(row[per]))
+    probs = [probability(net, c["image"], roi, device, float(settings["overlap"]), int(settings["sw_batch_size"]),
+                         settings["blend"], mirror) for c in cases]
+    labels, ignores = [c["label"] for c in cases], [c["ignore"] for c in cases]
+    groups = [str(c["row"][per]) for c in cases]
     chosen = select_per_structure(probs, labels, groups, ignores, thresholds=pp["thresholds"],
                                   min_sizes=pp["min_sizes"], peaks=pp["peaks"])
     values = {g: {"threshold": r["threshold"], "min_size": r["min_size"], "peak": r["peak"], "score": r["score"],
