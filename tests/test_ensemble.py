@@ -70,13 +70,27 @@ def test_members_that_differ_are_refused_naming_the_file_and_key(tmp_path):
 
 
 def test_cli_writes_the_ensemble_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    import io
+    import logging
+
     from selma3d.cli import main
 
+    root = logging.getLogger()
+    stale = io.StringIO()
+    stale.close()  # a handler an earlier command left on a stream that is gone: the CLI sets up its own
+    handlers, level = root.handlers[:], root.level
+    root.addHandler(logging.StreamHandler(stale))
+    root.setLevel(logging.INFO)
     save_model(tmp_path / "a" / "model.pt", 0)
     save_model(tmp_path / "b" / "model.pt", 1, config={**CFG, "features": [4, 4, 8, 8, 8, 4]})
-    assert main(["ensemble", str(tmp_path / "a" / "model.pt"), "--out", str(tmp_path / "one.pt")]) == 0
-    assert main(["ensemble", str(tmp_path / "a" / "model.pt"), str(tmp_path / "b" / "model.pt"),
-                 "--out", str(tmp_path / "two.pt")]) == 2
+    try:
+        assert main(["ensemble", str(tmp_path / "a" / "model.pt"), "--out", str(tmp_path / "one.pt")]) == 0
+        assert "ensemble of 1 models (a) written" in capsys.readouterr().err  # its log, on stderr
+        assert main(["ensemble", str(tmp_path / "a" / "model.pt"), str(tmp_path / "b" / "model.pt"),
+                     "--out", str(tmp_path / "two.pt")]) == 2
+    finally:  # the commands' handlers write to this test's captured stderr: not left for later tests
+        root.handlers[:] = handlers
+        root.setLevel(level)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "b/model.pt" in err[0] and "config" in err[0]
 

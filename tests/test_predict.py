@@ -304,11 +304,11 @@ def test_a_checkpoints_calibrated_postprocessing_reaches_whole_volumes(tmp_path,
 
 
 def test_segment_volume_rule_script_passes_the_segment_block(tmp_path, repo):
-    """The rule script with the schema's segment block: the model's calibrated post-processing
-    for the volume's structure reaches the mask."""
-    import runpy
+    """The rule script with the schema's segment block, in its own process as Snakemake runs it:
+    the model's calibrated post-processing for the volume's structure reaches the mask."""
+    import os
+    import subprocess
     import sys
-    from types import SimpleNamespace
 
     import zarr
 
@@ -322,27 +322,20 @@ def test_segment_volume_rule_script_passes_the_segment_block(tmp_path, repo):
                                                                                    "peak": 0.0}}}},
                tmp_path / "model.pt")
     io.write_tiff_series(tmp_path / "brain", volume((34, 33, 40), seed=8))
-    segment = schema_config()["segment"]
-    smk = SimpleNamespace(input=SimpleNamespace(model=str(tmp_path / "model.pt"), volume=str(tmp_path / "brain")),
-                          output=SimpleNamespace(prediction=str(tmp_path / "pred.ome.zarr")),
-                          params=SimpleNamespace(settings={k: v for k, v in segment.items()
-                                                           if k not in ("volumes", "runs", "structures")},
-                                                 structure="cfos_neuron"),
-                          log=[str(tmp_path / "segment.log")])
-    import logging
-
-    root = logging.getLogger()
-    stderr, handlers, level, threads = sys.stderr, root.handlers[:], root.level, torch.get_num_threads()
-    try:
-        runpy.run_path(str(repo / "workflow" / "scripts" / "segment_volume.py"), init_globals={"snakemake": smk})
-    finally:  # the script sends stderr and logging to its log file and sets torch's threads
-        for h in root.handlers:
-            h.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        sys.stderr.close()
-        sys.stderr = stderr
-        torch.set_num_threads(threads)
-    assert "components of at least 3 voxels" in (tmp_path / "segment.log").read_text()
+    settings = {k: v for k, v in schema_config()["segment"].items() if k not in ("volumes", "runs", "structures")}
+    job = {"input": {"model": str(tmp_path / "model.pt"), "volume": str(tmp_path / "brain")},
+           "output": {"prediction": str(tmp_path / "pred.ome.zarr")},
+           "params": {"settings": settings, "structure": "cfos_neuron"}, "log": [str(tmp_path / "segment.log")]}
+    driver = (
+        "import json, runpy, sys\n"
+        "from types import SimpleNamespace as NS\n"
+        "job = json.loads(sys.argv[2])\n"
+        "smk = NS(input=NS(**job['input']), output=NS(**job['output']), params=NS(**job['params']), log=job['log'])\n"
+        "runpy.run_path(sys.argv[1], init_globals={'snakemake': smk})\n")
+    res = subprocess.run([sys.executable, "-c", driver, str(repo / "workflow" / "scripts" / "segment_volume.py"),
+                          json.dumps(job)], capture_output=True, text=True, check=False,
+                         env={**os.environ, "PYTHONPATH": str(repo / "src"), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
     attrs = zarr.open_group(str(tmp_path / "pred.ome.zarr"), mode="r").attrs["selma3d"]
     assert (attrs["kind"], attrs["threshold"], attrs["min_component_size"]) == ("mask", 0.4, 3)
+    assert "components of at least 3 voxels" in (tmp_path / "segment.log").read_text()

@@ -696,10 +696,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:  # retries and recorded checksums are worth seeing
-        from selma3d.core.logs import setup_logging
+    from selma3d.core.logs import setup_logging
 
-        setup_logging()
+    setup_logging()  # retries and recorded checksums are worth seeing, on the command's own stderr
     try:
         df = download_manifest(args.manifest, args.dest, workers=args.workers, retries=args.retries,
                                backoff=getattr(args, "backoff", 1.0), timeout=getattr(args, "timeout", 60.0),

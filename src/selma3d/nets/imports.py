@@ -475,10 +475,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        from selma3d.core.logs import setup_logging
+    from selma3d.core.logs import setup_logging
 
-        setup_logging()
+    setup_logging()  # the command's own log on stderr (not a handler left by whatever ran before)
     try:
         net = json.loads(args.net)
     except ValueError as exc:

@@ -89,10 +89,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not logging.getLogger().handlers:
-        from selma3d.core.logs import setup_logging
+    from selma3d.core.logs import setup_logging
 
-        setup_logging()
+    setup_logging()  # the command's own log on stderr (not a handler left by whatever ran before)
     summary = combine(args.models, args.out)
     print(f"ensemble of {len(summary['ensemble_of'])} models written to {args.out}")
     return 0
