@@ -5,7 +5,7 @@
 the validation data, over seeds and structures, not one patch: for every finetuned model given,
 every annotated case of ``--split`` and every overlap, the foreground probability exactly as
 ``infer`` computes it (the model's normalisation, Gaussian blending, window batch
-``infer.sw_batch_size``, no mirroring), then per structure
+``infer.sw_batch_size``, no mirroring unless ``--mirror``), then per structure
 
 - Dice at the fixed threshold 0.5, no post-processing (annotated voxels only, as calibration
   scores);
@@ -14,10 +14,12 @@ every annotated case of ``--split`` and every overlap, the foreground probabilit
   overlap calibrated on its own probabilities (in-sample: real_selma's validation split is its
   test split, so both overlaps are equally optimistic);
 
-as mean ± std over the models (seeds), and the seconds per patch of each overlap (fastest
-structure-independent timing: all cases, one model after another, overlaps alternating).
+as mean ± std over the models (seeds), and the seconds per patch of each overlap (mean over
+all cases and models, the grids alternating case by case). ``--mirror`` adds the last overlap
+with test-time mirroring over all three axes (8 flips, ``infer.mirror_axes``' default), so
+what mirroring buys on these cases is measured at the same time.
 
-    python benchmarks/overlap.py --models RUN/finetune/scratch/full/ball_s{0,1,2}/model.pt
+    python benchmarks/overlap.py --models RUN/finetune/scratch/full/ball_s{0,1,2}/model.pt [--mirror]
 
 Writes ``benchmarks/results/overlap_<date>.{json,md}``.
 """
@@ -47,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manifest", default=str(REPO / "config" / "manifests" / "real_selma.csv"))
     p.add_argument("--split", default="test", help="annotated cases to score (real_selma: test = validation)")
     p.add_argument("--overlaps", type=float, nargs="+", default=[0.5, 0.25])
+    p.add_argument("--mirror", action="store_true", help="also the last overlap with 8-flip mirroring")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
@@ -61,26 +64,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     batch, blend = int(schema_default("infer.sw_batch_size")), schema_default("infer.blend")
-    rows, seconds = [], {o: [] for o in args.overlaps}
+    grids = [(f"{o:g}", o, ()) for o in args.overlaps]
+    if args.mirror:
+        grids.append((f"{args.overlaps[-1]:g} + mirror", args.overlaps[-1], (0, 1, 2)))
+    rows, seconds = [], {g[0]: [] for g in grids}
     for m, model in enumerate(args.models):
         net, payload = load_model(model, device)
         roi = tuple(int(s) for s in payload["config"]["patch_size"])
         cases = annotated_cases(args.manifest, args.split, payload)
         if not cases:
             raise SystemExit(f"{args.manifest}: no annotated {args.split!r} cases")
-        probs = {o: [] for o in args.overlaps}
+        probs = {g[0]: [] for g in grids}
         for case in cases:
-            for o in args.overlaps:
+            for label, o, mirror in grids:
                 t0 = time.perf_counter()
-                probs[o].append(probability(net, case["image"], roi, device, o, batch, blend))
-                seconds[o].append(time.perf_counter() - t0)
+                probs[label].append(probability(net, case["image"], roi, device, o, batch, blend, mirror))
+                seconds[label].append(time.perf_counter() - t0)
         structures = [str(c["row"]["structure"]) for c in cases]
         labels = [c["label"] for c in cases]
         ignores = [c["ignore"] for c in cases]
-        for o in args.overlaps:
-            chosen = select_per_structure(probs[o], labels, structures, ignores, peaks=PEAKS)
+        for label, o, mirror in grids:
+            chosen = select_per_structure(probs[label], labels, structures, ignores, peaks=PEAKS)
             for s, r in chosen.items():
-                rows.append({"model": m, "overlap": o, "structure": s, "dice_fixed": 100 * r["default_score"],
+                rows.append({"model": m, "grid": label, "overlap": o, "mirror": bool(mirror), "structure": s, "dice_fixed": 100 * r["default_score"],
                              "dice_calibrated": 100 * r["score"], "threshold": r["threshold"],
                              "min_size": r["min_size"], "peak": r["peak"], "cases": len(r["per_case"])})
         print(f"model {m + 1}/{len(args.models)} done: {len(cases)} cases")
@@ -89,34 +95,36 @@ def main(argv: list[str] | None = None) -> int:
     def pm(x):
         return f"{x.mean():.1f} ± {x.std(ddof=0):.1f}"
 
-    table = df.groupby(["structure", "overlap"]).agg(dice_fixed=("dice_fixed", pm),
+    table = df.groupby(["structure", "grid"], sort=False).agg(dice_fixed=("dice_fixed", pm),
                                                      dice_calibrated=("dice_calibrated", pm),
                                                      cases=("cases", "first")).reset_index()
-    mean = df.groupby(["overlap", "model"])[["dice_fixed", "dice_calibrated"]].mean().groupby("overlap").agg(
+    mean = df.groupby(["grid", "model"])[["dice_fixed", "dice_calibrated"]].mean().groupby("grid").agg(
         ["mean", "std"])
     where = machine("cpu", args.threads)
-    s_per = {o: float(np.mean(v)) for o, v in seconds.items()}
+    s_per = {label: float(np.mean(v)) for label, v in seconds.items()}
     lines = [f"# Test-patch window overlap: Dice and time ({time.strftime('%Y-%m-%d')}, {where})", "",
              (f"{len(args.models)} models (seeds), split {args.split!r} of {Path(args.manifest).name}, window "
-              f"{'x'.join(map(str, roi))}, batch {batch}, {blend} blending, {args.threads} threads, no mirroring; "
+              f"{'x'.join(map(str, roi))}, batch {batch}, {blend} blending, {args.threads} threads, "
+              f"{'mirroring (8 flips) only on the + mirror grid' if args.mirror else 'no mirroring'}; "
               f"load average {load_average()}; Dice in %, mean ± std over the models"), "",
              "| structure | overlap | cases | Dice at 0.5 | Dice calibrated (in-sample) |", "|---|---|---|---|---|"]
-    lines += [f"| {r.structure} | {r.overlap:g} | {r.cases} | {r.dice_fixed} | {r.dice_calibrated} |"
+    table = table.sort_values("structure", kind="stable")
+    lines += [f"| {r.structure} | {r.grid} | {r.cases} | {r.dice_fixed} | {r.dice_calibrated} |"
               for r in table.itertuples()]
     lines += ["", "| overlap | mean of structures, Dice at 0.5 | … calibrated | seconds per patch |", "|---|---|---|---|"]
-    for o in args.overlaps:
-        f, c = mean.loc[o, "dice_fixed"], mean.loc[o, "dice_calibrated"]
-        lines.append(f"| {o:g} | {f['mean']:.1f} ± {f['std']:.1f} | {c['mean']:.1f} ± {c['std']:.1f} | "
-                     f"{s_per[o]:.2f} |")
-    base = args.overlaps[0]
-    lines += [""] + [f"time ratio overlap {base:g} / {o:g} = {s_per[base] / s_per[o]:.2f}x"
-                     for o in args.overlaps[1:]]
+    for label, _, _ in grids:
+        f, c = mean.loc[label, "dice_fixed"], mean.loc[label, "dice_calibrated"]
+        lines.append(f"| {label} | {f['mean']:.1f} ± {f['std']:.1f} | {c['mean']:.1f} ± {c['std']:.1f} | "
+                     f"{s_per[label]:.2f} |")
+    base = grids[0][0]
+    lines += [""] + [f"time ratio overlap {base} / {label} = {s_per[base] / s_per[label]:.2f}x"
+                     for label, _, _ in grids[1:]]
     print("\n".join(lines))
     if not args.no_write:
         write_results("overlap", {"machine": where, "load_average": load_average(),
                                   "args": {k: v for k, v in vars(args).items() if k != "no_write"} | {
                                       "models": [Path(m).parent.name for m in args.models]},
-                                  "seconds_per_patch": {str(o): v for o, v in s_per.items()},
+                                  "seconds_per_patch": s_per,
                                   "rows": rows}, lines)
     return 0
 
