@@ -11,6 +11,8 @@ README.md; nothing between the markers is typed by hand. Sources:
   c-Fos trained on the other brain against on the scored brain), its tables as written;
 - ``recipe_peaks``: the newest ``benchmarks/results/recipe_peaks_<date>.md`` (``benchmarks/recipe.py
   --name recipe_peaks``: the legacy rows again with today's defaults, the peak axis included);
+- ``recipe_defaults``: the newest ``benchmarks/results/recipe_defaults_<date>.md`` (the same with
+  every inference default: overlap 0.25, test-time mirroring, the peak axis);
 - ``overlap``: the newest ``benchmarks/results/overlap_<date>.md`` (``benchmarks/overlap.py``: test
   patches at overlap 0.5 and 0.25, Dice and time), as written;
 - ``postprocess``: the newest ``benchmarks/results/postprocess_<date>.md`` (``benchmarks/postprocess.py``:
@@ -305,6 +307,7 @@ SECTIONS = {"recipe": recipe_section, "recipe_synthetic": lambda: recipe_section
             "recipe_ensemble": lambda: recipe_section("recipe_ensemble"),
             "recipe_optimizer": lambda: recipe_section("recipe_optimizer"),
             "recipe_peaks": lambda: recipe_section("recipe_peaks"),
+            "recipe_defaults": lambda: recipe_section("recipe_defaults"),
             "overlap": lambda: result_section("overlap"),
             "cfos_shift": lambda: result_section("cfos_shift"),
             "postprocess": lambda: result_section("postprocess"),
