@@ -73,23 +73,27 @@ def filter_components(read: Callable[[int, int], np.ndarray], shape: Sequence[in
 
     def labelled(z0):
         prob = np.asarray(read(z0, min(Z, z0 + slab)))
-        mask = prob > np.float32(threshold) if prob.dtype == np.float32 else prob > threshold
+        mask = prob > threshold  # as apply_postprocess compares (the scalar takes the array's dtype)
         labels, n = cc3d.connected_components(mask.view(np.uint8), connectivity=26, return_N=True)
         return prob, mask, labels.astype(np.int64, copy=False), int(n)
 
-    offsets, sizes, peaked, edges = [], [np.zeros(1, np.int64)], [np.zeros(1, bool)], []
+    offsets, counts, sizes, peaked, edges = [], [], [np.zeros(1, np.int64)], [np.zeros(1, bool)], []
     total, last = 0, None
     for z0 in tqdm(starts, desc="components, pass 1", unit="slab", disable=not progress):
         prob, mask, labels, n = labelled(z0)
-        glob = np.where(labels > 0, labels + total, 0)
+
+        def glob(plane, offset=total):  # a face plane's labels, numbered across the volume
+            return np.where(plane > 0, plane + offset, 0)
+
         sizes.append(np.bincount(labels.ravel(), minlength=n + 1)[1:])
         seed = np.zeros(n + 1, dtype=bool)
         seed[labels[mask & (prob > peak)]] = True
         peaked.append(seed[1:])
         if last is not None:
-            edges.append(face_edges(last, glob[0]))
-        last = glob[-1].copy()
+            edges.append(face_edges(last, glob(labels[0])))
+        last = glob(labels[-1])
         offsets.append(total)
+        counts.append(n)
         total += n
     size = np.concatenate(sizes)  # index = global label (0: background)
     seed = np.concatenate(peaked)
@@ -100,9 +104,11 @@ def filter_components(read: Callable[[int, int], np.ndarray], shape: Sequence[in
     comp_seed = np.bincount(comp, weights=seed.astype(np.float64), minlength=n_comp) > 0
     keep = (comp_size[comp] >= max(1, int(min_size))) & comp_seed[comp]
     keep[0] = False
-    for z0, offset in tqdm(list(zip(starts, offsets)), desc="components, pass 2", unit="slab", disable=not progress):
+    for z0, offset, n in tqdm(list(zip(starts, offsets, counts)), desc="components, pass 2", unit="slab",
+                              disable=not progress):
         _, _, labels, _ = labelled(z0)
-        write(z0, np.where(labels > 0, keep[labels + offset], False).astype(np.uint8))
+        local = np.concatenate([[False], keep[offset + 1:offset + n + 1]])  # this slab's labels, 0 dropped
+        write(z0, local[labels].astype(np.uint8))
     found = int(n_comp - 1)  # label 0 is a component of its own
     kept = int(len(np.unique(comp[keep]))) if keep.any() else 0
     return {"components": found, "kept": kept}
