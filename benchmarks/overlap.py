@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from selma3d.inference.calibrate import annotated_cases
     from selma3d.inference.patches import probability
-    from selma3d.inference.postprocess import PEAKS, select_per_structure
+    from selma3d.inference.postprocess import select_per_structure
     from selma3d.training.finetune import load_model
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     batch, blend = int(schema_default("infer.sw_batch_size")), schema_default("infer.blend")
+    grids_pp = {k: schema_default(f"infer.postprocess.{k}") for k in ("thresholds", "min_sizes", "peaks")}
     grids = [(f"{o:g}", o, ()) for o in args.overlaps]
     if args.mirror:
         grids.append((f"{args.overlaps[-1]:g} + mirror", args.overlaps[-1], (0, 1, 2)))
@@ -84,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         labels = [c["label"] for c in cases]
         ignores = [c["ignore"] for c in cases]
         for label, o, mirror in grids:
-            chosen = select_per_structure(probs[label], labels, structures, ignores, peaks=PEAKS)
+            chosen = select_per_structure(probs[label], labels, structures, ignores, **grids_pp)
             for s, r in chosen.items():
-                rows.append({"model": m, "grid": label, "overlap": o, "mirror": bool(mirror), "structure": s, "dice_fixed": 100 * r["default_score"],
+                rows.append({"model": m, "grid": label, "overlap": o, "mirror": bool(mirror), "structure": s,
+                             "dice_fixed": 100 * r["default_score"],
                              "dice_calibrated": 100 * r["score"], "threshold": r["threshold"],
                              "min_size": r["min_size"], "peak": r["peak"], "cases": len(r["per_case"])})
         print(f"model {m + 1}/{len(args.models)} done: {len(cases)} cases")

@@ -259,8 +259,6 @@ def _overlap_rows(d: dict) -> list[dict]:
     """infer.overlap's default against nnU-Net's on the validation cases, over the models (seeds),
     and test-time mirroring at the default where the run measured it."""
     rows = pd.DataFrame(d["rows"])
-    if "grid" not in rows:  # files written before mirroring was measured
-        rows["grid"] = rows.overlap.map(lambda o: f"{o:g}")
     per_model = rows.groupby(["grid", "model"]).dice_calibrated.mean().groupby("grid").agg(["mean", "std"])
     sec = {str(k): v for k, v in d["seconds_per_patch"].items()}
     ours, ref, mirrored = "0.25", "0.5", "0.25 + mirror"

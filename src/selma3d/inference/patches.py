@@ -160,21 +160,27 @@ def case_postprocess(payload: dict, settings: dict, structure: str | None = None
     case (unknown or unseen structure, or ``use_stored_postprocess`` false) the ``infer`` settings
     ``threshold`` and ``min_component_size`` and no peak filter.
     """
-    threshold, min_size = float(settings["threshold"]), int(settings["min_component_size"])
-    stored = payload.get("postprocess") if settings.get("use_stored_postprocess", True) else None
-    if stored and isinstance(structure, str):
-        key = structure
-        if stored.get("per", "structure") == "category":
-            from selma3d.core.structures import category_of
+    chosen = calibrated_values(payload, structure) if settings.get("use_stored_postprocess", True) else None
+    if chosen:
+        return float(chosen["threshold"]), int(chosen["min_size"]), float(chosen.get("peak", 0.0))
+    return float(settings["threshold"]), int(settings["min_component_size"]), 0.0
 
-            try:
-                key = category_of(structure)
-            except (KeyError, ValueError):
-                key = None
-        chosen = stored.get("values", {}).get(key)
-        if chosen:
-            return float(chosen["threshold"]), int(chosen["min_size"]), float(chosen.get("peak", 0.0))
-    return threshold, min_size, 0.0
+
+def calibrated_values(payload: dict, structure: str | None) -> dict | None:
+    """The post-processing the model calibrated for ``structure`` (or its category, as the model
+    grouped them), or None where it calibrated none for it."""
+    stored = payload.get("postprocess")
+    if not stored or not isinstance(structure, str):
+        return None
+    key = structure
+    if stored.get("per", "structure") == "category":
+        from selma3d.core.structures import category_of
+
+        try:
+            key = category_of(structure)
+        except (KeyError, ValueError):
+            return None
+    return stored.get("values", {}).get(key) or None
 
 
 def segment_case(net, payload: dict, image: np.ndarray, settings: dict, structure: str | None = None,

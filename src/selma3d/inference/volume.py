@@ -461,17 +461,15 @@ def stored_postprocess(payload: dict, structure: str | None, threshold: float, m
     """(threshold, min component size, peak) of a whole volume showing ``structure``: what the
     model calibrated on validation for it (or its category), as for a test patch
     (:func:`selma3d.inference.patches.case_postprocess`); else ``threshold`` and ``min_size``, no peak."""
-    from selma3d.inference.patches import case_postprocess
+    from selma3d.inference.patches import calibrated_values, case_postprocess
 
     settings = {"threshold": threshold, "min_component_size": min_size, "use_stored_postprocess": use_stored}
-    chosen = case_postprocess(payload, settings, structure)
     stored = (payload.get("postprocess") or {}).get("values") or {}
-    unset = {"threshold": float("nan"), "min_component_size": -1}  # what case_postprocess returns uncalibrated
-    if use_stored and stored and np.isnan(case_postprocess(payload, unset, structure)[0]):
+    if use_stored and stored and calibrated_values(payload, structure) is None:
         log.warning("the model holds post-processing calibrated for %s, not for structure %r: threshold %g, "
                     "minimum component size %d (segment.structures names a volume's structure)",
                     sorted(stored), structure, threshold, min_size)
-    return chosen
+    return case_postprocess(payload, settings, structure)
 
 
 def predict_from_checkpoint(model: str | Path, source, output: str | Path, device: torch.device | None = None,
